@@ -1,0 +1,1 @@
+"""urpo: Unified Reward & Policy Optimization on PyTorch Lightning."""

@@ -1,0 +1,63 @@
+"""Argument groups of :class:`~urpo.module.URPOModule`: each field is a YAML key with its own ``--help`` line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
+
+
+@dataclass(frozen=True)
+class GRPOArgs:
+    """The GRPO objective and how one rollout batch is turned into updates."""
+
+    num_generations: int = 8
+    """G: completions sampled per prompt; advantages are relative within each group (GRPO, arXiv 2402.03300)."""
+    num_iterations: int = 1
+    """Optimizer steps taken on each rollout batch (PPO epochs, mu in GRPO); > 1 keeps the old log-probs."""
+    epsilon_low: float = 0.2
+    """Lower clip range of the importance ratio, 1 - epsilon_low (PPO, arXiv 1707.06347)."""
+    epsilon_high: float = 0.2
+    """Upper clip range, 1 + epsilon_high; DAPO's clip-higher uses 0.28 (arXiv 2503.14476)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (arXiv 1912.09729); None: off."""
+    importance: ImportanceLevel = "token"
+    """'token' ratios (PPO/GRPO) or 'sequence' ratios (GSPO, arXiv 2507.18071)."""
+    advantage_scale: AdvantageScale = "group"
+    """Divide advantages by the group std (GRPO), the batch std, or 'none' (Dr. GRPO, arXiv 2503.20783)."""
+    leave_one_out: bool = False
+    """Baseline each reward by the mean of the other rewards of its group (RLOO, arXiv 2402.14740)."""
+    loss_aggregation: LossAggregation = "token_mean"
+    """'token_mean' over all completion tokens of the step (DAPO), 'seq_mean' (GRPO), 'seq_sum_norm' (Dr. GRPO)."""
+    beta: float = 0.0
+    """KL coefficient to the reference policy; 0 neither loads nor runs a reference model (DAPO, Dr. GRPO)."""
+    kl_estimator: KLEstimator = "k3"
+    """KL estimator: k1, k2 or k3 (Schulman, 'Approximating KL divergence', 2020); GRPO uses k3."""
+    max_tokens_per_micro_batch: int = 8192
+    """Token budget (sequences x padded length) of one forward/backward; bounds activation memory."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 for group-relative advantages, got {self.num_generations}")
+        if self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class LoggingArgs:
+    """What is written besides Lightning's scalar metrics."""
+
+    samples_every_n_steps: int = 10
+    """Write a table of sample completions with their rewards every N training steps (0: never)."""
+    samples_per_kind: int = 2
+    """How many rows of each kind go into each sample table."""
+    export_dir: str | None = "auto"
+    """Where the final policy is exported with save_pretrained: 'auto' is <log_dir>/hf_model; None skips it."""
+
+
+EngineName = Literal["hf", "vllm"]

@@ -1,0 +1,219 @@
+"""``URPODataModule``: the three kinds of alignment data, mixed into every batch in fixed shares.
+
+It yields lists of rows, never tensors: prompts are rendered and generated from inside the module. See
+:mod:`urpo.data.mixture` for how batches are drawn, :mod:`urpo.data.sources` and :mod:`urpo.data.formats` for the
+supported files and public dataset formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from urpo.data.mixture import Cursor, MemoryCursor, Mixer, StreamCursor, kind_quotas
+from urpo.data.schema import ROW_KINDS, Row, RowKind
+from urpo.data.sources import SkipReport, SourceSpec, iter_source, load_source
+from urpo.errors import ConfigError
+
+OnBadRow = Literal["error", "skip"]
+PromptOverflow = Literal["drop", "truncate"]
+
+
+class RowBatch(list):
+    """A list of rows that also carries the data position reached once it is consumed (for exact resume)."""
+
+    def __init__(self, rows: Sequence[Row], state: Mapping[str, Any]) -> None:
+        super().__init__(rows)
+        self.state = state
+
+
+class _BatchStream(IterableDataset):
+    def __init__(self, datamodule: URPODataModule) -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[RowBatch]:
+        mixer = self.datamodule.mixer
+        limit = self.datamodule.batches_per_epoch
+        start = mixer.batches
+        while limit is None or mixer.batches - start < limit:
+            rows = mixer.next_batch()
+            yield RowBatch(rows, mixer.state_dict())
+
+
+class URPODataModule(L.LightningDataModule):
+    """Mixes verifiable, preference and open rows into batches with an exact share of each kind.
+
+    Args:
+        sources: training sources (file or hub dataset, adapter, weight within its kind).
+        mixture: share of each kind in every batch, e.g. ``{verifiable: 0.4, preference: 0.3, open: 0.3}``; kinds
+            absent from it get no rows. Default: an equal share for every kind that has a source.
+        batch_size: prompts (rows) per batch on each rank; each is sampled ``num_generations`` times.
+        val_sources: held-out sources for validation, per kind.
+        test_sources: sources for ``urpo test`` (e.g. a held-out preference set to measure the referee).
+        eval_batch_size: rows per validation / test batch.
+        batches_per_epoch: length of a training epoch in batches (None: an endless stream; stop with max_steps).
+        max_prompt_tokens: rows whose rendered prompt is longer are dropped or truncated (None: no limit).
+        prompt_overflow: 'drop' the over-long rows, or 'truncate' their prompt text (keeping its end, where the
+            question and the latest turns are); preference rows whose responses alone overflow are dropped.
+        on_bad_row: 'error' stops at the first bad record naming file, line and field; 'skip' skips and counts them.
+        seed: seeds the shuffles of in-memory sources.
+    """
+
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        mixture: dict[RowKind, float] | None = None,
+        batch_size: int = 8,
+        val_sources: list[SourceSpec] | None = None,
+        test_sources: list[SourceSpec] | None = None,
+        eval_batch_size: int = 8,
+        batches_per_epoch: int | None = None,
+        max_prompt_tokens: int | None = None,
+        prompt_overflow: PromptOverflow = "drop",
+        on_bad_row: OnBadRow = "error",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ConfigError("data.sources: at least one training source is needed")
+        self.sources, self.val_sources, self.test_sources = list(sources), list(val_sources or []), list(test_sources or [])
+        self.batch_size, self.eval_batch_size, self.batches_per_epoch = batch_size, eval_batch_size, batches_per_epoch
+        self.max_prompt_tokens, self.prompt_overflow = max_prompt_tokens, prompt_overflow
+        self.on_bad_row, self.seed = on_bad_row, seed
+        kinds = {s.kind for s in self.sources}
+        self.mixture = dict(mixture) if mixture is not None else {k: 1.0 for k in ROW_KINDS if k in kinds}
+        self.quotas = kind_quotas(self.mixture, batch_size)
+        self.mixer: Mixer | None = None
+        self.skips = SkipReport()
+        self.counters: dict[str, float] = {}
+        self._pending_state: Mapping[str, Any] | None = None
+        self._eval_rows: dict[str, list[Row]] = {}
+
+    # ---- setup ---------------------------------------------------------------------------------------------------
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self._trainer if hasattr(self, "_trainer") else None
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.mixer is None:
+            self.mixer = self._build_mixer()
+            if self._pending_state is not None:
+                self.mixer.load_state_dict(self._pending_state)
+        if stage in (None, "fit", "validate"):
+            self._eval_rows.setdefault("val", self._load_eval(self.val_sources))
+        if stage in (None, "test"):
+            self._eval_rows.setdefault("test", self._load_eval(self.test_sources))
+        if self.skips.total:
+            print(f"urpo data: {self.skips.summary()}")
+
+    def _build_mixer(self) -> Mixer:
+        rank, world = self._rank()
+        cursors: dict[RowKind, list[tuple[float, Cursor]]] = {}
+        for number, spec in enumerate(self.sources):
+            if spec.kind not in self.quotas:
+                continue
+            cursors.setdefault(spec.kind, []).append((spec.weight, self._cursor(spec, number, rank, world)))
+        transform = self._fit_prompt if self.max_prompt_tokens is not None else None
+        return Mixer(cursors, self.quotas, transform=transform)
+
+    def _cursor(self, spec: SourceSpec, number: int, rank: int, world: int) -> Cursor:
+        if spec.streaming:
+            return StreamCursor(lambda start: iter_source(spec, self.on_bad_row, rank, world, start, report=self.skips))
+        rows, report = load_source(spec, self.on_bad_row, rank, world)
+        self.skips.merge(report)
+        if self.max_prompt_tokens is not None:
+            rows = [r for r in (self._fit_prompt(row) for row in rows) if r is not None]
+            if not rows:
+                raise ConfigError(f"data: every row of {spec.display_name} is longer than max_prompt_tokens")
+        return MemoryCursor(rows, seed=self.seed * 1000 + number)
+
+    def _load_eval(self, specs: Sequence[SourceSpec]) -> list[Row]:
+        rank, world = self._rank()
+        rows: list[Row] = []
+        for spec in specs:
+            loaded, report = load_source(spec, self.on_bad_row, rank, world)
+            self.skips.merge(report)
+            rows.extend(loaded)
+        return rows
+
+    # ---- prompt length -------------------------------------------------------------------------------------------
+
+    def _fit_prompt(self, row: Row) -> Row | None:
+        """The row if its rendered prompt fits ``max_prompt_tokens``; truncated or None (counted) if it does not."""
+        overflow = self._prompt_tokens(row) - self.max_prompt_tokens
+        if overflow <= 0:
+            return row
+        if self.prompt_overflow == "truncate":
+            truncated = self._truncate(row, overflow)
+            if truncated is not None:
+                self._count(f"data/truncated_{row.kind}")
+                return truncated
+        self._count(f"data/dropped_{row.kind}")
+        return None
+
+    def _truncate(self, row: Row, overflow: int) -> Row | None:
+        tokenizer = self.trainer.lightning_module.tokenizer
+        ids = tokenizer(row.prompt, add_special_tokens=False)["input_ids"]
+        if overflow >= len(ids):
+            return None
+        shorter = dataclasses.replace(row, prompt=tokenizer.decode(ids[overflow:]))
+        return shorter if self._prompt_tokens(shorter) <= self.max_prompt_tokens else None
+
+    def _prompt_tokens(self, row: Row) -> int:
+        from urpo.prompts import render_chat
+
+        module = self.trainer.lightning_module
+        messages = module.render(row, random.Random(0)).messages
+        return len(module.tokenizer(render_chat(module.tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0.0) + 1.0
+
+    # ---- loaders and state ---------------------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_BatchStream(self), batch_size=None, collate_fn=_identity)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        rows = self._eval_rows.get(split, [])
+        if not rows:
+            return []
+        chunks = [rows[i : i + self.eval_batch_size] for i in range(0, len(rows), self.eval_batch_size)]
+        return DataLoader(chunks, batch_size=None, collate_fn=_identity)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, RowBatch) and self.trainer is not None and self.trainer.training:
+            self._consumed_state = batch.state  # the position once this batch is trained on
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        return batch  # rows hold text, not tensors
+
+    def state_dict(self) -> dict[str, Any]:
+        state = getattr(self, "_consumed_state", None)
+        return {"mixer": state, "counters": dict(self.counters)} if state is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self.counters = dict(state_dict.get("counters", {}))
+        self._pending_state = state_dict["mixer"]
+        self._consumed_state = state_dict["mixer"]
+        if self.mixer is not None:
+            self.mixer.load_state_dict(self._pending_state)
+
+
+def _identity(batch: Any) -> Any:
+    return batch

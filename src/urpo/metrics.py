@@ -1,0 +1,97 @@
+"""Per-step metrics of a rollout batch, and the sample tables written next to the metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from urpo.data.schema import ROW_KINDS
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from urpo.rewards.base import Episode
+    from urpo.rollout import SamplingArgs
+
+
+def _nan_stats(values: torch.Tensor) -> tuple[float, float]:
+    valid = values[~torch.isnan(values)]  # [K]
+    if valid.numel() == 0:
+        return float("nan"), float("nan")
+    return valid.mean().item(), (valid.std(unbiased=False).item() if valid.numel() > 1 else 0.0)
+
+
+def reward_metrics(episodes: Sequence[Episode], rewards: torch.Tensor) -> dict[str, float]:
+    """Reward mean/std overall and per kind, the share of unrewarded completions and of zero-variance groups."""
+    rewards = rewards.detach().float().cpu()  # [N, G]
+    mean, std = _nan_stats(rewards)
+    out = {"reward/mean": mean, "reward/std": std, "reward/missing_frac": torch.isnan(rewards).float().mean().item()}
+    for kind in ROW_KINDS:
+        rows = [i for i, e in enumerate(episodes) if e.row.kind == kind]
+        if rows:
+            kind_rewards = rewards[rows]  # [n_kind, G]
+            out[f"reward/{kind}_mean"], out[f"reward/{kind}_std"] = _nan_stats(kind_rewards)
+            out[f"rows/{kind}"] = float(len(rows))
+    out["groups/zero_variance_frac"] = sum(_zero_variance(r) for r in rewards) / max(len(rewards), 1)
+    return out
+
+
+def _zero_variance(group: torch.Tensor) -> bool:
+    valid = group[~torch.isnan(group)]  # [K]
+    return valid.numel() < 2 or bool((valid == valid[0]).all())
+
+
+def completion_metrics(episodes: Sequence[Episode], sampling: SamplingArgs) -> dict[str, float]:
+    """Completion lengths in tokens (mean, max, total) and the share cut off by ``max_new_tokens``."""
+    lengths = [len(ids) for e in episodes for ids in e.meta["completion_ids"]]
+    reasons = [r for e in episodes for r in e.finish_reasons]
+    total = float(sum(lengths))
+    return {
+        "completion/length_mean": total / max(len(lengths), 1),
+        "completion/length_max": float(max(lengths, default=0)),
+        "completion/truncated_frac": reasons.count("length") / max(len(reasons), 1),
+        "completion/tokens": total,
+        "completion/max_new_tokens": float(sampling.max_new_tokens),
+    }
+
+
+def step_metrics(episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor, tokenizer, sampling) -> dict[str, float]:
+    """Every rollout-side metric of a step."""
+    out = reward_metrics(episodes, rewards)
+    out.update(completion_metrics(episodes, sampling))
+    out["advantage/abs_mean"] = advantages.abs().mean().item()
+    return out
+
+
+def write_samples(
+    trainer: L.Trainer, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor, per_kind: int, step: int
+) -> Path:
+    """Append a few rows of each kind, with every completion, its reward and advantage, to ``samples.jsonl``."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    taken: dict[str, int] = {}
+    with path.open("a", encoding="utf-8") as sink:
+        for i, episode in enumerate(episodes):
+            kind = episode.row.kind
+            if taken.get(kind, 0) >= per_kind:
+                continue
+            taken[kind] = taken.get(kind, 0) + 1
+            record = {
+                "step": step, "kind": kind, "source": episode.row.source, "index": episode.row.index,
+                "prompt": episode.messages[-1]["content"],
+                "completions": [
+                    {"text": text, "reward": _jsonable(rewards[i, j].item()), "advantage": advantages[i, j].item(),
+                     "finish": episode.finish_reasons[j]}
+                    for j, text in enumerate(episode.completions)
+                ],
+            }
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def _jsonable(value: float) -> float | None:
+    return None if value != value else value  # NaN is not valid JSON

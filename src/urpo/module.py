@@ -1,0 +1,324 @@
+"""``URPOModule``: one model trained as player and referee in one GRPO loop.
+
+``training_step`` orchestrates the seven phases of a step (DESIGN.md section 2) and nothing else: render prompts,
+roll out G completions per prompt, let reward callbacks score them (the self-judge generates its judgments there),
+compute group-relative advantages, and update the policy in micro-batches. The math lives in
+:mod:`urpo.objective`, the tensor packing in :mod:`urpo.sequences`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from urpo import metrics as step_metrics
+from urpo.config import EngineName, GRPOArgs, LoggingArgs
+from urpo.data.schema import ROW_KINDS, Row
+from urpo.errors import ConfigError
+from urpo.models import ModelArgs, load_model, load_tokenizer
+from urpo.objective import group_advantages, policy_loss
+from urpo.prompts import PlayerTemplate, render_chat
+from urpo.referee import RefereeTemplate, shuffled_order
+from urpo.rewards.base import Episode, RewardCallback, combine_rewards
+from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs
+from urpo.sequences import TrainSequence, collate, completion_logits, split_micro_batches, token_logprobs
+from urpo.timing import PhaseTimer
+from urpo.update import UpdatePlan, entropy_of
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """AdamW at lr 1e-6, a common GRPO default for full fine-tuning of 1B-10B models."""
+    return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
+
+
+class URPOModule(L.LightningModule):
+    """Unified Reward & Policy Optimization (arXiv 2507.17515) as a LightningModule.
+
+    Args:
+        model: the causal LM to train (hub id, local folder, GGUF file; see :class:`~urpo.models.ModelArgs`).
+        rewards: reward callbacks; every row kind in the data needs at least one. Default: ``[MathVerifier()]``.
+        grpo: the objective and update settings.
+        sampling: how completions (and the referee's judgments) are sampled.
+        player: the player's prompt templates.
+        referee: the referee's judging template, shared by preference rows and self-judging.
+        optimizer: builds the optimizer from the trainable parameters (``class_path`` in YAML).
+        lr_scheduler: optional learning-rate schedule, stepped after every optimizer step.
+        engine: the rollout engine: 'hf' (transformers generate; works under FSDP2) or 'vllm' (optional extra).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        logging: sample tables and model export.
+        seed: seeds the presentation shuffles of referee prompts (sampling follows Lightning's seed_everything).
+    """
+
+    def __init__(
+        self,
+        model: ModelArgs,
+        rewards: list[RewardCallback] | None = None,
+        grpo: GRPOArgs = GRPOArgs(),
+        sampling: SamplingArgs = SamplingArgs(),
+        player: PlayerTemplate = PlayerTemplate(),
+        referee: RefereeTemplate = RefereeTemplate(),
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        engine: EngineName = "hf",
+        gradient_checkpointing: bool = False,
+        logging: LoggingArgs = LoggingArgs(),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if rewards is None:
+            from urpo.rewards.verifier import MathVerifier
+
+            rewards = [MathVerifier()]
+        self.model_args, self.grpo, self.sampling = model, grpo, sampling
+        self.player, self.referee, self.logging_args = player, referee, logging
+        self.rewards = list(rewards)
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.engine_name, self.gradient_checkpointing, self.seed = engine, gradient_checkpointing, seed
+        self.tokenizer = load_tokenizer(model)  # cheap, and the DataModule needs it to measure prompts
+        self.policy: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None
+        self.engine: RolloutEngine | None = None
+        self.skipped_steps = 0
+        self.automatic_optimization = False  # several optimizer steps per batch, and non-finite steps are skipped
+        self._check_rewards()
+
+    # ---- setup -------------------------------------------------------------------------------------------------
+
+    def _check_rewards(self) -> None:
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"reward callbacks need distinct names (set name=...), got {names}")
+
+    def configure_model(self) -> None:
+        """Load the policy (and the reference policy when ``beta > 0``); Lightning calls this under the strategy."""
+        if self.policy is not None:
+            return
+        policy = load_model(self.model_args)
+        if self.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.grpo.beta > 0:
+            self.reference = _frozen_copy(policy)
+        self.policy = policy
+        self.engine = self._build_engine()
+        for reward in self.rewards:
+            reward.setup(self)
+
+    def _build_engine(self) -> RolloutEngine:
+        if self.engine_name == "hf":
+            return HFGenerateEngine(lambda: self.policy, self.tokenizer, synced_gpus=self._parameters_sharded)
+        raise ConfigError(f"engine {self.engine_name!r} is not available in this build (install the extra)")
+
+    def _parameters_sharded(self) -> bool:
+        return self.trainer.world_size > 1 if self._trainer is not None else False
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # a batch is a list of rows (text); tensors are made on the right device inside the step
+
+    # ---- one training step -------------------------------------------------------------------------------------
+
+    def training_step(self, batch: Sequence[Row], batch_idx: int) -> None:
+        timer = PhaseTimer()
+        with timer("generate"):
+            episodes = self.rollout(batch, batch_idx)
+        with timer("score"):
+            rewards, reward_metrics = self.score(episodes, timer)  # [N, G]
+        advantages = group_advantages(
+            rewards, scale=self.grpo.advantage_scale, leave_one_out=self.grpo.leave_one_out
+        )  # [N, G]
+        sequences = self.build_sequences(episodes, rewards, advantages)
+        with timer("update"):
+            update_metrics = self.update(sequences)
+        metrics = step_metrics.step_metrics(episodes, rewards, advantages, self.tokenizer, self.sampling)
+        metrics.update(reward_metrics)
+        metrics.update(update_metrics)
+        metrics.update(timer.metrics(completion_tokens=metrics["completion/tokens"]))
+        metrics["train/skipped_steps"] = float(self.skipped_steps)
+        metrics["train/lr"] = float(self.optimizers().param_groups[0]["lr"])
+        metrics.update(getattr(self.trainer.datamodule, "counters", None) or {})
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
+        self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        self._maybe_write_samples(episodes, rewards, advantages)
+
+    def rollout(self, rows: Sequence[Row], batch_idx: int = 0) -> list[Episode]:
+        """Render every row's prompt and sample G completions for all of them in one engine call."""
+        rng = random.Random(f"{self.seed}:{self.global_step}:{self.global_rank}:{batch_idx}")
+        episodes = [self.render(row, rng) for row in rows]
+        prompts = [render_chat(self.tokenizer, e.messages) for e in episodes]
+        out = self.engine.generate(prompts, self.grpo.num_generations, self.sampling)
+        g = self.grpo.num_generations
+        for i, episode in enumerate(episodes):
+            episode.meta["prompt_ids"] = out.prompt_ids[i]
+            episode.meta["completion_ids"] = out.completion_ids[i * g : (i + 1) * g]
+            episode.completions = out.texts[i * g : (i + 1) * g]
+            episode.finish_reasons = out.finish_reasons[i * g : (i + 1) * g]
+        return episodes
+
+    def render(self, row: Row, rng: random.Random) -> Episode:
+        """The prompt a row is trained on: the player's question, or a referee judging task for preference rows."""
+        if row.kind != "preference":
+            return Episode(row=row, messages=self.player.messages(row))
+        order = shuffled_order(len(row.responses), rng)
+        messages = self.referee.messages(row.prompt, row.responses, order)
+        return Episode(row=row, messages=messages, meta={"order": order})
+
+    def score(self, episodes: Sequence[Episode], timer: PhaseTimer | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rewards ``[N, G]`` (NaN: no reward) from every callback serving each episode's kind, and their metrics."""
+        timer = timer or PhaseTimer()
+        g = self.grpo.num_generations
+        parts: dict[int, list[tuple[float, torch.Tensor]]] = {i: [] for i in range(len(episodes))}
+        metrics: dict[str, float] = {}
+        for reward in self.rewards:
+            chosen = [i for i, e in enumerate(episodes) if e.row.kind in reward.kinds]
+            if not chosen:
+                continue
+            with timer(f"reward_{reward.name}"):
+                result = reward.score([episodes[i] for i in chosen])
+            if tuple(result.rewards.shape) != (len(chosen), g):
+                raise ConfigError(f"reward {reward.name!r} returned shape {tuple(result.rewards.shape)}, expected {(len(chosen), g)}")
+            for row_pos, i in enumerate(chosen):
+                parts[i].append((reward.weight, result.rewards[row_pos : row_pos + 1].float()))
+            metrics.update({f"reward/{reward.name}/{k}": v for k, v in result.metrics.items()})
+        missing = sorted({episodes[i].row.kind for i, p in parts.items() if not p})
+        if missing:
+            raise ConfigError(f"no reward callback serves row kind(s) {missing}; add one to model.rewards")
+        rows = [combine_rewards(parts[i]) for i in range(len(episodes))]
+        return torch.cat(rows, dim=0).to(self.device), metrics  # [N, G]
+
+    def build_sequences(
+        self, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor
+    ) -> list[TrainSequence]:
+        """One training sequence per completion that got a reward; unrewarded ones are left out of the loss."""
+        sequences = []
+        for i, episode in enumerate(episodes):
+            for j, completion_ids in enumerate(episode.meta["completion_ids"]):
+                if math.isnan(rewards[i, j].item()) or not completion_ids:
+                    continue
+                sequences.append(TrainSequence(episode.meta["prompt_ids"], completion_ids, advantages[i, j].item(), i, j))
+        return sequences
+
+    # ---- the update ---------------------------------------------------------------------------------------------
+
+    def update(self, sequences: list[TrainSequence]) -> dict[str, float]:
+        """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches."""
+        plan = UpdatePlan.build(self, sequences)
+        if plan.num_sequences == 0:
+            return {"train/empty_updates": 1.0}  # every completion of the step lacked a reward, on every rank
+        old_logps = plan.logprobs(self, self.policy) if self.grpo.num_iterations > 1 else None
+        ref_logps = plan.logprobs(self, self._reference_model()) if self.grpo.beta > 0 else None
+        totals: dict[str, float] = {}
+        for _ in range(self.grpo.num_iterations):
+            for index in range(plan.num_micro_batches):
+                stats = self._micro_step(plan, index, old_logps, ref_logps)
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+            totals["train/grad_norm"] = self._optimizer_step()
+        count = max(plan.num_micro_batches * self.grpo.num_iterations, 1)
+        return {k: (v if k == "train/grad_norm" else v / count) for k, v in totals.items()}
+
+    def _micro_step(
+        self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None
+    ) -> dict[str, float]:
+        batch, weight = plan.micro_batch(index)
+        logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
+        logp = token_logprobs(logits, batch.completion_ids)  # [B, C]
+        old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
+        ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
+        out = policy_loss(
+            logp, old, batch.advantages, batch.completion_mask,
+            eps_low=self.grpo.epsilon_low, eps_high=self.grpo.epsilon_high, dual_clip=self.grpo.dual_clip,
+            importance=self.grpo.importance, ref_logp=ref, beta=self.grpo.beta, kl_estimator=self.grpo.kl_estimator,
+            aggregation=self.grpo.loss_aggregation, num_tokens=plan.num_tokens, num_sequences=plan.num_sequences,
+            max_completion_length=self.sampling.max_new_tokens,
+        )
+        # DDP and FSDP average gradients over ranks; the loss is normalised by global counts, so undo the average.
+        self.manual_backward(out.loss * weight * self.trainer.world_size)
+        stats = {
+            "train/loss": out.loss.item() * weight, "train/pg_loss": out.pg_loss.item() * weight,
+            "train/clip_low_frac": out.clip_low_frac.item(), "train/clip_high_frac": out.clip_high_frac.item(),
+            "train/dual_clip_frac": out.dual_clip_frac.item(), "train/ratio_mean": out.ratio_mean.item(),
+            "train/entropy": entropy_of(logits, batch.completion_mask),
+        }
+        if out.kl is not None:
+            stats["train/kl"] = out.kl.item() * weight
+        return stats
+
+    def _optimizer_step(self) -> float:
+        """Clip, then step unless the gradient is not finite (then the step is skipped and counted)."""
+        optimizer = self.optimizers()
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = self.grpo.max_grad_norm if self.grpo.max_grad_norm is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not math.isfinite(norm):
+            optimizer.zero_grad()
+            self.skipped_steps += 1
+            return norm
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.engine.sync_weights()
+        return norm
+
+    def _reference_model(self) -> torch.nn.Module:
+        return self.reference
+
+    # ---- checkpoints, samples, export ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["urpo"] = {
+            "rewards": {r.name: r.state_dict() for r in self.rewards},
+            "skipped_steps": self.skipped_steps,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("urpo", {})
+        for reward in self.rewards:
+            reward.load_state_dict(state.get("rewards", {}).get(reward.name, {}))
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if state.get("torch_rng") is not None:
+            # Sampling draws from the global RNG: restoring it makes a resumed run sample what a straight run would.
+            torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def _maybe_write_samples(self, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor) -> None:
+        every = self.logging_args.samples_every_n_steps
+        if every and self.global_rank == 0 and self.global_step % every == 0:
+            step_metrics.write_samples(
+                self.trainer, episodes, rewards, advantages, self.logging_args.samples_per_kind, self.global_step
+            )
+
+    def on_fit_end(self) -> None:
+        from urpo.export import export_policy, resolve_export_dir
+
+        target = resolve_export_dir(self.trainer, self.logging_args.export_dir)
+        if target is not None:
+            export_policy(self, target)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+__all__ = ["ROW_KINDS", "URPOModule", "default_optimizer"]

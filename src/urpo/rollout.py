@@ -1,0 +1,183 @@
+"""Rollout engines: turn rendered prompts into sampled completions, without gradient.
+
+An engine is anything with the :class:`RolloutEngine` shape: one batched ``generate`` call takes all the prompts of a
+phase (the player's prompts, or all the referee's judging prompts of a step) and returns token ids, texts, finish
+reasons and, where the engine has them, the sampled tokens' log-probs. :class:`HFGenerateEngine` is the default; it
+uses ``transformers``' ``generate`` on the module's own (possibly sharded) policy, so it works under FSDP2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingArgs:
+    """How completions are sampled."""
+
+    max_new_tokens: int = 256
+    """Most tokens one completion may have; longer ones are cut and counted as truncated."""
+    temperature: float = 1.0
+    """Softmax temperature; the trainer divides its logits by the same value so log-probs match sampling."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 keeps the whole distribution, as GRPO's importance ratio assumes)."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens only (None: no limit)."""
+    max_batch_size: int | None = None
+    """Most sequences generated at once inside one engine call (None: all at once); bounds activation memory."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class RolloutBatch:
+    """What one engine call returns; completions are prompt-major: prompt i's samples are ``[i*n, (i+1)*n)``."""
+
+    prompt_ids: list[list[int]]
+    """Token ids of each prompt (one entry per prompt)."""
+    completion_ids: list[list[int]]
+    """Token ids of each completion, without padding; ends with the EOS token when it finished by itself."""
+    texts: list[str]
+    """Decoded completions, special tokens removed."""
+    finish_reasons: list[FinishReason]
+    """'stop' when the completion ended with EOS, 'length' when it hit ``max_new_tokens``."""
+    logprobs: list[list[float]] | None = None
+    """The sampler's log-prob of each completion token (engines that track them, e.g. vLLM); None otherwise."""
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return len(self.completion_ids) // max(len(self.prompt_ids), 1)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """The interface every rollout engine implements."""
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingArgs) -> RolloutBatch:
+        """Sample ``n`` completions for each rendered prompt text, in one batched call."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the engine sample from the policy's current weights (called after every optimizer step)."""
+        ...
+
+
+class HFGenerateEngine:
+    """Samples with ``model.generate`` on the policy itself, so there is never a stale copy of the weights.
+
+    Args:
+        model: returns the policy to sample from (a callable, so that wrappers such as FSDP or LoRA added after the
+            engine was built are used).
+        tokenizer: the policy's tokenizer; prompts are tokenized without extra special tokens, since the chat
+            template already placed them.
+        synced_gpus: keep every rank generating until all ranks are done. Required when parameters are sharded
+            (FSDP), where ranks that stop early would otherwise leave the others waiting in a collective forever.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[], PreTrainedModel],
+        tokenizer: PreTrainedTokenizerBase,
+        synced_gpus: Callable[[], bool] | bool = False,
+    ) -> None:
+        self._model = model
+        self.tokenizer = tokenizer
+        self._synced_gpus = synced_gpus
+
+    @property
+    def synced_gpus(self) -> bool:
+        return self._synced_gpus() if callable(self._synced_gpus) else self._synced_gpus
+
+    def sync_weights(self) -> None:
+        """Nothing to do: generation runs on the live policy."""
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingArgs) -> RolloutBatch:
+        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        flat = [ids for ids in prompt_ids for _ in range(n)]
+        chunk = sampling.max_batch_size or len(flat) or 1
+        completions: list[list[int]] = []
+        for start in range(0, len(flat), chunk):
+            completions.extend(self._generate_chunk(flat[start : start + chunk], sampling))
+        eos = set(_eos_ids(self.tokenizer, self._model()))
+        reasons: list[FinishReason] = ["stop" if ids and ids[-1] in eos else "length" for ids in completions]
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return RolloutBatch(prompt_ids=prompt_ids, completion_ids=completions, texts=texts, finish_reasons=reasons)
+
+    def _generate_chunk(self, prompt_ids: list[list[int]], sampling: SamplingArgs) -> list[list[int]]:
+        model = self._model()
+        input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, _device_of(model))
+        was_training = model.training
+        # eval() turns off dropout and lets the KV cache work when gradient checkpointing is on.
+        model.eval()
+        try:
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k or 0,
+                max_new_tokens=sampling.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=_eos_ids(self.tokenizer, model),
+                synced_gpus=self.synced_gpus,
+            )  # [B, P + T]
+        finally:
+            model.train(was_training)
+        new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B, T]
+        eos_ids = _eos_ids(self.tokenizer, model)
+        return [_trim_completion(ids, eos_ids) for ids in new_tokens]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``input_ids`` and ``attention_mask``, both ``[B, max_len]``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)  # [B, P]
+    mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)  # [B, P]
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long, device=device)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def _trim_completion(ids: list[int], eos_ids: list[int]) -> list[int]:
+    """Cut a generated row after its first EOS, which is kept: the policy must learn to stop.
+
+    Rows that never produced EOS carry no padding (``generate`` pads only rows that finished), so they stay whole.
+    """
+    for pos, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: pos + 1]
+    return ids
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters())
+    # FSDP2 parameters are DTensors whose .device is the local shard's device.
+    return param.device

@@ -1,0 +1,27 @@
+"""Offline fixtures: a byte-level BPE tokenizer trained on the fly and a tiny random Qwen2 model (DESIGN.md s.6)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from tests.helpers import build_tiny_model
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A saved tiny Qwen2 + tokenizer folder, loadable by ``ModelArgs(name_or_path=...)``."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny_model")))
