@@ -7,9 +7,11 @@ Lightning's Trainer, so YAML is validated before anything is loaded.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from urpo.data.datamodule import URPODataModule
@@ -36,14 +38,27 @@ class URPOCLI(LightningCLI):
         print("urpo: run finished\n  " + "\n  ".join(lines))
 
 
+# Subcommands that are not Lightning stages: name -> "module:function" taking the remaining argv.
+EXTRA_COMMANDS = {
+    "data": "urpo.data.inspect:main",
+    "eval-referee": "urpo.referee_eval:main",
+}
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``urpo`` console script."""
+    """Entry point of the ``urpo`` console script: Lightning's fit/validate/test, plus ``data`` and ``eval-referee``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        module_name, function = EXTRA_COMMANDS[argv[0]].split(":")
+        getattr(importlib.import_module(module_name), function)(argv[1:])
+        return
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
     URPOCLI(
         URPOModule,
         URPODataModule,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=argv,
     )
 
 

@@ -100,6 +100,7 @@ class URPOModule(L.LightningModule):
         if self.policy is not None:
             return
         policy = load_model(self.model_args)
+        policy.train()  # from_pretrained returns eval mode; the rollout engine switches modes itself
         if self.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.grpo.beta > 0:
@@ -151,6 +152,21 @@ class URPOModule(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
         self._maybe_write_samples(episodes, rewards, advantages)
+
+    def validation_step(self, batch: Sequence[Row], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: Sequence[Row], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: Sequence[Row], batch_idx: int, split: str) -> None:
+        """Rewards of sampled completions on held-out rows, per kind, averaged over the epoch."""
+        episodes = self.rollout(batch, batch_idx)
+        rewards, callback_metrics = self.score(episodes)
+        metrics = step_metrics.reward_metrics(episodes, rewards)
+        metrics.update(callback_metrics)
+        finite = {f"{split}/{k}": v for k, v in metrics.items() if math.isfinite(v) and not k.startswith("rows/")}
+        self.log_dict(finite, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
     def rollout(self, rows: Sequence[Row], batch_idx: int = 0) -> list[Episode]:
         """Render every row's prompt and sample G completions for all of them in one engine call."""

@@ -85,7 +85,7 @@ class URPODataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.batches_per_epoch = batch_size, eval_batch_size, batches_per_epoch
         self.max_prompt_tokens, self.prompt_overflow = max_prompt_tokens, prompt_overflow
         self.on_bad_row, self.seed = on_bad_row, seed
-        kinds = {s.kind for s in self.sources}
+        kinds = {s.kind for s in self.sources} if all(s.kind for s in self.sources) else set(ROW_KINDS)
         self.mixture = dict(mixture) if mixture is not None else {k: 1.0 for k in ROW_KINDS if k in kinds}
         self.quotas = kind_quotas(self.mixture, batch_size)
         self.mixer: Mixer | None = None
@@ -116,22 +116,31 @@ class URPODataModule(L.LightningDataModule):
         rank, world = self._rank()
         cursors: dict[RowKind, list[tuple[float, Cursor]]] = {}
         for number, spec in enumerate(self.sources):
-            if spec.kind not in self.quotas:
-                continue
-            cursors.setdefault(spec.kind, []).append((spec.weight, self._cursor(spec, number, rank, world)))
+            for kind, cursor in self._cursors(spec, number, rank, world):
+                if kind in self.quotas:
+                    cursors.setdefault(kind, []).append((spec.weight, cursor))
         transform = self._fit_prompt if self.max_prompt_tokens is not None else None
         return Mixer(cursors, self.quotas, transform=transform)
 
-    def _cursor(self, spec: SourceSpec, number: int, rank: int, world: int) -> Cursor:
+    def _cursors(self, spec: SourceSpec, number: int, rank: int, world: int) -> list[tuple[RowKind, Cursor]]:
+        """One cursor per kind the source holds (a ``generic`` source may hold all three)."""
         if spec.streaming:
-            return StreamCursor(lambda start: iter_source(spec, self.on_bad_row, rank, world, start, report=self.skips))
+            if spec.kind is None:
+                raise ConfigError(f"data: {spec.name}: a 'generic' source cannot stream; its kinds must be known up front")
+            return [(spec.kind, StreamCursor(lambda start: self._stream(spec, rank, world, start)))]
         rows, report = load_source(spec, self.on_bad_row, rank, world)
         self.skips.merge(report)
         if self.max_prompt_tokens is not None:
             rows = [r for r in (self._fit_prompt(row) for row in rows) if r is not None]
             if not rows:
-                raise ConfigError(f"data: every row of {spec.display_name} is longer than max_prompt_tokens")
-        return MemoryCursor(rows, seed=self.seed * 1000 + number)
+                raise ConfigError(f"data: every row of {spec.name} is longer than max_prompt_tokens")
+        by_kind: dict[RowKind, list[Row]] = {}
+        for row in rows:
+            by_kind.setdefault(row.kind, []).append(row)
+        return [(kind, MemoryCursor(kind_rows, seed=self.seed * 1000 + number)) for kind, kind_rows in by_kind.items()]
+
+    def _stream(self, spec: SourceSpec, rank: int, world: int, start: int) -> Iterator[Row]:
+        return iter_source(spec, self.on_bad_row, rank, world, start, report=self.skips)
 
     def _load_eval(self, specs: Sequence[SourceSpec]) -> list[Row]:
         rank, world = self._rank()
@@ -197,9 +206,6 @@ class URPODataModule(L.LightningDataModule):
         if isinstance(batch, RowBatch) and self.trainer is not None and self.trainer.training:
             self._consumed_state = batch.state  # the position once this batch is trained on
         return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        return batch  # rows hold text, not tensors
 
     def state_dict(self) -> dict[str, Any]:
         state = getattr(self, "_consumed_state", None)

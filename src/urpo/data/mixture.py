@@ -72,32 +72,30 @@ class StreamCursor:
     """Endless walk over a streamed source, in file order, restarting at the top after each pass.
 
     Args:
-        open_stream: returns an iterator over the source's rows starting after ``start`` records of this rank.
+        open_stream: returns an iterator over this rank's rows whose record index is ``>= start``.
     """
 
     def __init__(self, open_stream: Callable[[int], Iterator[Row]]) -> None:
         self.open_stream = open_stream
-        self.passes, self.offset = 0, 0
+        self.passes, self.start = 0, 0
         self._iterator: Iterator[Row] | None = None
 
     def next(self) -> Row:
         if self._iterator is None:
-            self._iterator = self.open_stream(self.offset)
+            self._iterator = self.open_stream(self.start)
         row = next(self._iterator, None)
         if row is None:
-            if self.offset == 0:
-                raise ConfigError("a streamed source yielded no rows")
-            self.passes, self.offset = self.passes + 1, 0
+            self.passes, self.start = self.passes + 1, 0
             self._iterator = self.open_stream(0)
-            row = next(self._iterator)
-        self.offset += 1
+            row = next(self._iterator)  # an empty source raises DataError when read from its start
+        self.start = row.index + 1  # record index to resume after: the source may be sharded over ranks
         return row
 
     def state_dict(self) -> dict[str, int]:
-        return {"passes": self.passes, "offset": self.offset}
+        return {"passes": self.passes, "start": self.start}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.passes, self.offset = int(state["passes"]), int(state["offset"])
+        self.passes, self.start = int(state["passes"]), int(state["start"])
         self._iterator = None
 
 
