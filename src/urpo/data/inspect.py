@@ -1,0 +1,68 @@
+"""``urpo data --config CONFIG``: check a data mixture before spending GPU hours on it.
+
+Prints, for the ``data`` section of a training config: the rows read per source and kind, the rows of each kind in
+every batch, bad records skipped, prompts dropped or truncated by ``max_prompt_tokens``, and a few rendered prompts
+exactly as the model will see them. Only the tokenizer is loaded, never the model weights.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+
+from urpo.data.mixture import MemoryCursor
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``urpo data``; takes the same ``--config`` and overrides as ``urpo fit``."""
+    from urpo.cli import URPOCLI
+    from urpo.data.datamodule import URPODataModule
+    from urpo.module import URPOModule
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    batches = _pop_int(argv, "--batches", 4)
+    examples = _pop_int(argv, "--examples", 1)
+    cli = URPOCLI(URPOModule, URPODataModule, run=False, args=argv, save_config_callback=None)
+    print(report(cli.datamodule, cli.model, cli.trainer, batches=batches, examples=examples))
+
+
+def _pop_int(argv: list[str], flag: str, default: int) -> int:
+    if flag not in argv:
+        return default
+    position = argv.index(flag)
+    value = int(argv[position + 1])
+    del argv[position : position + 2]
+    return value
+
+
+def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> str:
+    """The inspection text for a DataModule wired to its module (tokenizer and templates) and trainer."""
+    from urpo.prompts import render_chat
+
+    trainer.strategy.connect(module)
+    datamodule.trainer = trainer
+    datamodule.setup("fit")
+    mixer = datamodule.mixer
+    lines = ["sources:"]
+    for kind, cursors in mixer.cursors.items():
+        for weight, cursor in cursors:
+            size = f"{len(cursor.rows)} rows" if isinstance(cursor, MemoryCursor) else "streamed"
+            lines.append(f"  {kind:<11} weight {weight:<5g} {size}")
+    lines.append(f"rows per batch: {dict(mixer.quotas)} (batch_size {datamodule.batch_size})")
+    drawn = [mixer.next_batch() for _ in range(batches)]
+    per_source = Counter((row.kind, row.source) for batch in drawn for row in batch)
+    lines.append(f"first {batches} batches drew:")
+    lines += [f"  {kind:<11} {source}: {count}" for (kind, source), count in sorted(per_source.items())]
+    lines.append(f"bad records: {datamodule.skips.summary()}")
+    counters = ", ".join(f"{k}={int(v)}" for k, v in sorted(datamodule.counters.items())) or "none"
+    lines.append(f"max_prompt_tokens={datamodule.max_prompt_tokens} ({datamodule.prompt_overflow}): {counters}")
+    seen: Counter = Counter()
+    for row in (row for batch in drawn for row in batch):
+        if seen[row.kind] >= examples:
+            continue
+        seen[row.kind] += 1
+        text = render_chat(module.tokenizer, module.render(row, random.Random(0)).messages)
+        tokens = len(module.tokenizer(text, add_special_tokens=False)["input_ids"])
+        lines += [f"--- {row.kind} prompt ({row.source}, row {row.index}, {tokens} tokens) ---", text]
+    return "\n".join(lines)

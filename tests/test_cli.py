@@ -1,0 +1,94 @@
+"""The `urpo` command: a tiny YAML run, exact resume, exported model, --print_config over configs/, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from urpo.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
+
+
+def run_fit(model_dir: str, out: Path, *extra: str) -> None:
+    main([
+        "fit", "--config", TINY, "--model.model.name_or_path", model_dir,
+        "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out),
+        "--data.sources", f'[{{"adapter": "gsm8k", "path": "{ROOT}/src/urpo/data/samples/gsm8k_train.jsonl"}}]',
+        *extra,
+    ])
+
+
+def exported_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_writes_metrics_samples_checkpoints_and_a_loadable_model(tiny_model_dir, tmp_path):
+    run_fit(tiny_model_dir, tmp_path)
+    run = tmp_path / "tiny" / "version_0"
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("reward/mean", "train/loss", "time/update", "throughput/tokens_per_s", "reward/math_verifier/accuracy"):
+        assert column in header
+    assert (run / "samples.jsonl").read_text().count("\n") >= 1
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", "epoch=0-step=2.ckpt"}
+    assert set(exported_weights(run / "hf_model")) >= {"model.embed_tokens.weight"}
+
+
+def test_resume_continues_exactly(tiny_model_dir, tmp_path):
+    """4 steps straight == 2 steps, then resume from the step-2 checkpoint for 2 more (same seed)."""
+    run_fit(tiny_model_dir, tmp_path / "straight")
+    run_fit(tiny_model_dir, tmp_path / "split", "--trainer.max_steps", "2")
+    checkpoint = tmp_path / "split" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["global_step"] == 2
+    run_fit(tiny_model_dir, tmp_path / "split", "--ckpt_path", str(checkpoint))
+    straight = exported_weights(tmp_path / "straight" / "tiny" / "version_0" / "hf_model")
+    resumed = exported_weights(tmp_path / "split" / "tiny" / "version_1" / "hf_model")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, msg=name)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_print_config_resolves_every_shipped_config(config):
+    out = subprocess.run(
+        [sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "configs" / config), "--print_config"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "num_generations" in out.stdout and "sources" in out.stdout
+
+
+def test_unknown_option_is_rejected_before_training(tiny_model_dir, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "urpo.cli", "fit", "--config", TINY, "--model.grpo.num_generaton", "4"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode != 0
+    assert "num_generaton" in out.stderr
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  grpo: [unclosed\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "urpo.cli", "fit", "--config", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode != 0
+    assert "bad.yaml" in out.stderr
+
+
+def test_missing_model_path_fails_fast(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "urpo.cli", "fit", "--config", TINY, "--model.model.name_or_path", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode != 0
+    assert "missing" in out.stderr and "does not exist" in out.stderr
