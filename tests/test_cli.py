@@ -15,13 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 
 
-def run_fit(model_dir: str, out: Path, *extra: str) -> None:
-    main([
+def fit_args(model_dir: str, out: Path, *extra: str) -> list[str]:
+    return [
         "fit", "--config", TINY, "--model.model.name_or_path", model_dir,
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out),
+        "--trainer.callbacks.init_args.dirpath", str(out / "checkpoints"),
         "--data.sources", f'[{{"adapter": "gsm8k", "path": "{ROOT}/src/urpo/data/samples/gsm8k_train.jsonl"}}]',
         *extra,
-    ])
+    ]
+
+
+def run_fit(model_dir: str, out: Path, *extra: str) -> None:
+    main(fit_args(model_dir, out, *extra))
 
 
 def exported_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -38,7 +43,7 @@ def test_fit_writes_metrics_samples_checkpoints_and_a_loadable_model(tiny_model_
     for column in ("reward/mean", "train/loss", "time/update", "throughput/tokens_per_s", "reward/math_verifier/accuracy"):
         assert column in header
     assert (run / "samples.jsonl").read_text().count("\n") >= 1
-    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", "epoch=0-step=2.ckpt"}
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"last.ckpt", "epoch=0-step=2.ckpt"}
     assert set(exported_weights(run / "hf_model")) >= {"model.embed_tokens.weight"}
 
 
@@ -46,10 +51,10 @@ def test_resume_continues_exactly(tiny_model_dir, tmp_path):
     """4 steps straight == 2 steps, then resume from the step-2 checkpoint for 2 more (same seed)."""
     run_fit(tiny_model_dir, tmp_path / "straight")
     run_fit(tiny_model_dir, tmp_path / "split", "--trainer.max_steps", "2")
-    checkpoint = tmp_path / "split" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "split" / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=False)
     assert state["global_step"] == 2
-    run_fit(tiny_model_dir, tmp_path / "split", "--ckpt_path", str(checkpoint))
+    run_fit(tiny_model_dir, tmp_path / "split", "--ckpt_path", "last")
     straight = exported_weights(tmp_path / "straight" / "tiny" / "version_0" / "hf_model")
     resumed = exported_weights(tmp_path / "split" / "tiny" / "version_1" / "hf_model")
     for name, tensor in straight.items():
@@ -92,3 +97,30 @@ def test_missing_model_path_fails_fast(tmp_path):
     )
     assert out.returncode != 0
     assert "missing" in out.stderr and "does not exist" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tiny_model_dir, tmp_path):
+    """SIGKILL mid-training loses at most one checkpoint interval: `--ckpt_path last` continues from it."""
+    import os
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "urpo.cli", *fit_args(tiny_model_dir, tmp_path, "--trainer.max_steps", "1000")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(checkpoints.glob("epoch=0-step=4.ckpt")):
+        time.sleep(0.5)
+    time.sleep(0.5)  # let the run get into the next interval before the kill
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    saved = max(torch.load(p, weights_only=False)["global_step"] for p in checkpoints.glob("epoch=*.ckpt"))
+    assert saved >= 4
+    run_fit(tiny_model_dir, tmp_path, "--ckpt_path", "last", "--trainer.max_steps", str(saved + 2))
+    resumed = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == saved + 2
+    # The resumed run logged only the two steps after the checkpoint: it did not start over.
+    rows = (tmp_path / "tiny" / "version_1" / "metrics.csv").read_text().splitlines()
+    steps = sorted({int(line.split(",")[rows[0].split(",").index("step")]) for line in rows[1:]})
+    assert steps == [saved, saved + 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
@@ -53,6 +54,8 @@ def main(args: list[str] | None = None) -> None:
         getattr(importlib.import_module(module_name), function)(argv[1:])
         return
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
+    # urpo checkpoints after its optimizer steps on purpose; Lightning's generic manual-optimization hint is noise.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     URPOCLI(
         URPOModule,
         URPODataModule,
