@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from data_helpers import FIXTURES, SAMPLES, SYNTHETIC, native_records
 
-from urpo.data.formats import ADAPTERS, AdapterName, last_boxed, record_subset
+from urpo.boxed import last_boxed
+from urpo.data.formats import ADAPTERS, AdapterName, record_subset
 from urpo.data.schema import OpenRow, PreferenceRow, VerifiableRow
 from urpo.errors import DataError
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from urpo.data.formats import ADAPTERS, last_boxed
+from urpo.boxed import last_boxed
+from urpo.data.formats import ADAPTERS
 from urpo.data.schema import ROW_TYPES
 from urpo.errors import DataError
 

@@ -28,14 +28,26 @@ Conversations with more than one turn become a readable transcript ``"Human: ...
 
 from __future__ import annotations
 
-import math
-import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, Protocol
 
 from urpo.data.schema import OpenRow, PreferenceRow, Row, RowKind, VerifiableRow
-from urpo.errors import DataError
+from urpo.boxed import last_boxed
+from urpo.data.fields import (
+    Where,
+    answer_text,
+    as_list,
+    as_number,
+    as_record,
+    as_text,
+    field_text,
+    message_turns,
+    need,
+    optional_text,
+    render_conversation,
+    short,
+)
 
 AdapterName = Literal[
     "gsm8k", "math", "hh_rlhf", "ultrafeedback", "alpaca_eval_annotations", "instructions", "messages",
@@ -49,113 +61,6 @@ class Adapter(Protocol):
     def __call__(self, record: Mapping[str, Any], *, source: str, index: int) -> Row: ...
 
 
-class _Where(NamedTuple):
-    """Where a record came from, so every failure can name it."""
-
-    source: str
-    index: int
-
-    def fail(self, field: str | None, message: str) -> DataError:
-        return DataError(message, source=self.source, row=self.index, field=field)
-
-
-def _record(record: Any, where: _Where) -> Mapping[str, Any]:
-    if not isinstance(record, Mapping):
-        raise where.fail(None, f"record must be a JSON object, got {type(record).__name__}")
-    return record
-
-
-def _need(record: Mapping[str, Any], key: str, where: _Where, field: str | None = None) -> Any:
-    if record.get(key) is None:
-        raise where.fail(field or key, "missing field" if key not in record else "field is null")
-    return record[key]
-
-
-def _short(value: Any) -> str:
-    """A repr short enough for an error message, even for a megabyte of text."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _text(value: Any, where: _Where, field: str) -> str:
-    if not isinstance(value, str):
-        raise where.fail(field, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise where.fail(field, "text is empty")
-    return value.strip()
-
-
-def _field_text(record: Mapping[str, Any], key: str, where: _Where, field: str | None = None) -> str:
-    return _text(_need(record, key, where, field), where, field or key)
-
-
-def _optional_text(record: Mapping[str, Any], key: str, where: _Where) -> str | None:
-    """An optional text field: absent, null or blank all mean "not given"."""
-    value = record.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _text(value, where, key)
-
-
-def _number(value: Any, where: _Where, field: str) -> float:
-    # bool is an int subclass; a True score is a schema mix-up, not the number 1. numbers.Real admits numpy scalars.
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
-        raise where.fail(field, f"expected a number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        raise where.fail(field, f"expected a number, got {_short(value)}") from None
-    if not math.isfinite(number):
-        raise where.fail(field, f"expected a finite number, got {_short(value)}")
-    return number
-
-
-def _answer_text(value: Any, where: _Where, field: str) -> str:
-    """A gold answer: text, or a plain JSON number written out as text."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return str(value)
-        except ValueError:  # past Python's int-to-text digit limit
-            raise where.fail(field, "answer number is too long") from None
-    if isinstance(value, float):
-        return str(_number(value, where, field))
-    return _text(value, where, field)
-
-
-def _list(value: Any, where: _Where, field: str) -> Sequence[Any]:
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise where.fail(field, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-# ---------------------------------------------------------------- conversations
-
-_ROLE_LABELS = {"system": "System", "user": "Human", "assistant": "Assistant"}
-
-
-def render_conversation(turns: Sequence[tuple[str, str]]) -> str:
-    """Render ``(role, text)`` turns as a prompt: a lone user turn as itself, more as a labelled transcript."""
-    if len(turns) == 1 and turns[0][0] == "user":
-        return turns[0][1]
-    return "\n\n".join(f"{_ROLE_LABELS[role]}: {text}" for role, text in turns)
-
-
-def _message_turns(messages: Any, where: _Where, field: str) -> list[tuple[str, str]]:
-    turns = []
-    for i, message in enumerate(_list(messages, where, field)):
-        if not isinstance(message, Mapping):
-            raise where.fail(f"{field}[{i}]", "message must be an object with 'role' and 'content'")
-        role = _need(message, "role", where, f"{field}[{i}].role")
-        if not isinstance(role, str) or role not in _ROLE_LABELS:
-            raise where.fail(f"{field}[{i}].role", f"role must be one of {sorted(_ROLE_LABELS)}, got {_short(role)}")
-        turns.append((role, _field_text(message, "content", where, f"{field}[{i}].content")))
-    if not turns:
-        raise where.fail(field, "conversation has no messages")
-    return turns
-
-
-# ---------------------------------------------------------------- verifiable
-
 _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
@@ -166,10 +71,10 @@ def adapt_gsm8k(record: Mapping[str, Any], *, source: str, index: int) -> Verifi
     The gold answer is the text after ``####`` with thousands separators removed (``1,080`` -> ``1080``); the
     solution keeps the steps without the ``<<48/2=24>>`` calculator annotations.
     """
-    where = _Where(source, index)
-    record = _record(record, where)
-    question = _field_text(record, "question", where)
-    steps, marker, final = _field_text(record, "answer", where).rpartition("####")
+    where = Where(source, index)
+    record = as_record(record, where)
+    question = field_text(record, "question", where)
+    steps, marker, final = field_text(record, "answer", where).rpartition("####")
     final = final.strip()
     if not marker or not final or "\n" in final:
         raise where.fail("answer", "no final answer after '####' on the last line")
@@ -179,50 +84,18 @@ def adapt_gsm8k(record: Mapping[str, Any], *, source: str, index: int) -> Verifi
     return VerifiableRow(source=source, index=index, prompt=question, answer=final, solution=solution)
 
 
-_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (braces balanced, ``\\{`` skipped) in ``text``.
-
-    Also reads the brace-less ``\\boxed 5`` form up to ``$`` or end of line. Returns None when there is no box;
-    raises ``ValueError`` when the last box never closes.
-    """
-    matches = list(_BOX_COMMAND.finditer(text))
-    if not matches:
-        return None
-    rest = text[matches[-1].end():]
-    body = rest.lstrip()
-    if not body.startswith("{"):
-        if not rest[:1].isspace():
-            return None
-        # MATH writes a few answers brace-less, as "\boxed 5$".
-        return re.split(r"[$\n]", body, maxsplit=1)[0].strip() or None
-    depth, i = 0, 0
-    while i < len(body):
-        char = body[i]
-        if char == "\\":
-            i += 2  # an escaped brace is a literal brace, not nesting
-            continue
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth == 0:
-            return body[1:i].strip()
-        i += 1
-    raise ValueError("unbalanced braces in the last \\boxed{...}")
-
-
 def adapt_math(record: Mapping[str, Any], *, source: str, index: int) -> VerifiableRow:
     """MATH (hendrycks/competition_math, MATH-500): ``problem``, ``solution``, optional ``answer``.
 
     An explicit ``answer`` wins; otherwise the gold answer is the last ``\\boxed{...}`` / ``\\fbox{...}`` of the
     solution.
     """
-    where = _Where(source, index)
-    record = _record(record, where)
-    problem = _field_text(record, "problem", where)
-    solution = _optional_text(record, "solution", where)
+    where = Where(source, index)
+    record = as_record(record, where)
+    problem = field_text(record, "problem", where)
+    solution = optional_text(record, "solution", where)
     if record.get("answer") is not None:
-        answer = _answer_text(record["answer"], where, "answer")
+        answer = answer_text(record["answer"], where, "answer")
     elif solution is None:
         raise where.fail("solution", "missing field (needed for the \\boxed{} answer when there is no 'answer')")
     else:
@@ -241,14 +114,14 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-def _hh_split(dialogue: str, where: _Where, field: str) -> tuple[str, str]:
+def _hh_split(dialogue: str, where: Where, field: str) -> tuple[str, str]:
     cut = dialogue.rfind("\n\nAssistant:")
     if cut < 0:
         raise where.fail(field, "no '\\n\\nAssistant:' turn in the dialogue")
     return dialogue[:cut], dialogue[cut + len("\n\nAssistant:"):].strip()
 
 
-def _hh_context(context: str, where: _Where) -> str:
+def _hh_context(context: str, where: Where) -> str:
     # A few dumps drop the leading blank line; put it back so every turn splits the same way.
     if context.startswith(("Human:", "Assistant:")):
         context = "\n\n" + context
@@ -267,10 +140,10 @@ def adapt_hh_rlhf(record: Mapping[str, Any], *, source: str, index: int) -> Pref
     The shared turns become the prompt (a transcript ending with the last Human turn), the two final replies the
     responses, scored (1.0, 0.0).
     """
-    where = _Where(source, index)
-    record = _record(record, where)
-    chosen_context, chosen = _hh_split(_field_text(record, "chosen", where), where, "chosen")
-    rejected_context, rejected = _hh_split(_field_text(record, "rejected", where), where, "rejected")
+    where = Where(source, index)
+    record = as_record(record, where)
+    chosen_context, chosen = _hh_split(field_text(record, "chosen", where), where, "chosen")
+    rejected_context, rejected = _hh_split(field_text(record, "rejected", where), where, "rejected")
     if chosen_context.strip() != rejected_context.strip():
         raise where.fail("rejected", "chosen and rejected dialogues differ before the last assistant reply")
     for field, reply in (("chosen", chosen), ("rejected", rejected)):
@@ -280,27 +153,27 @@ def adapt_hh_rlhf(record: Mapping[str, Any], *, source: str, index: int) -> Pref
     return PreferenceRow(source=source, index=index, prompt=prompt, responses=(chosen, rejected), scores=(1.0, 0.0))
 
 
-def _mean_rating(completion: Mapping[str, Any], where: _Where, field: str) -> float:
+def _mean_rating(completion: Mapping[str, Any], where: Where, field: str) -> float:
     ratings = []
     for aspect, notes in completion["annotations"].items():
         # The GitHub dump stores one dict per aspect; some copies a list holding that dict.
         for note in notes if isinstance(notes, list) else [notes]:
             rating = note.get("Rating") if isinstance(note, Mapping) else None
             if rating not in (None, "N/A"):
-                ratings.append(_number(rating, where, f"{field}.annotations.{aspect}.Rating"))
+                ratings.append(as_number(rating, where, f"{field}.annotations.{aspect}.Rating"))
     if not ratings:
         raise where.fail(f"{field}.annotations", "no numeric 'Rating' to average")
     return sum(ratings) / len(ratings)
 
 
-def _ultrafeedback_raw(record: Mapping[str, Any], where: _Where) -> PreferenceRow:
-    prompt = _field_text(record, "instruction", where)
-    completions = _list(record["completions"], where, "completions")
+def _ultrafeedback_raw(record: Mapping[str, Any], where: Where) -> PreferenceRow:
+    prompt = field_text(record, "instruction", where)
+    completions = as_list(record["completions"], where, "completions")
     for i, completion in enumerate(completions):
         if not isinstance(completion, Mapping):
             raise where.fail(f"completions[{i}]", f"completion must be an object, got {type(completion).__name__}")
     responses = tuple(
-        _field_text(c, "response", where, f"completions[{i}].response") for i, c in enumerate(completions)
+        field_text(c, "response", where, f"completions[{i}].response") for i, c in enumerate(completions)
     )
     # One score for all completions of a record: overall_score (1-10) and fine-grained_score (1-5) do not mix.
     keys = [k for k in ("overall_score", "fine-grained_score") if all(c.get(k) is not None for c in completions)]
@@ -309,29 +182,29 @@ def _ultrafeedback_raw(record: Mapping[str, Any], where: _Where) -> PreferenceRo
         i = next(i for i, c in enumerate(completions) if c.get("overall_score") is None)
         raise where.fail(f"completions[{i}].overall_score", "missing field (and no 'annotations' ratings to average)")
     scores = tuple(
-        _number(c[key], where, f"completions[{i}].{key}") if key else _mean_rating(c, where, f"completions[{i}]")
+        as_number(c[key], where, f"completions[{i}].{key}") if key else _mean_rating(c, where, f"completions[{i}]")
         for i, c in enumerate(completions)
     )
     return PreferenceRow(source=where.source, index=where.index, prompt=prompt, responses=responses, scores=scores)
 
 
-def _ultrafeedback_binarized(record: Mapping[str, Any], where: _Where) -> PreferenceRow:
-    chosen = _message_turns(_need(record, "chosen", where), where, "chosen")
-    rejected = _message_turns(_need(record, "rejected", where), where, "rejected")
+def _ultrafeedback_binarized(record: Mapping[str, Any], where: Where) -> PreferenceRow:
+    chosen = message_turns(need(record, "chosen", where), where, "chosen")
+    rejected = message_turns(need(record, "rejected", where), where, "rejected")
     for field, turns in (("chosen", chosen), ("rejected", rejected)):
         if turns[-1][0] != "assistant" or (len(turns) > 1 and turns[-2][0] != "user"):
             raise where.fail(field, "must end with a user turn then the assistant reply")
     if chosen[:-1] != rejected[:-1]:
         raise where.fail("rejected", "chosen and rejected conversations differ before the last reply")
-    prompt = _optional_text(record, "prompt", where)
+    prompt = optional_text(record, "prompt", where)
     if prompt is None:
         if not chosen[:-1]:
             raise where.fail("prompt", "missing field (and no user turn before the replies)")
         prompt = render_conversation(chosen[:-1])
     scores = (1.0, 0.0)
     if record.get("score_chosen") is not None and record.get("score_rejected") is not None:
-        scores = (_number(record["score_chosen"], where, "score_chosen"),
-                  _number(record["score_rejected"], where, "score_rejected"))
+        scores = (as_number(record["score_chosen"], where, "score_chosen"),
+                  as_number(record["score_rejected"], where, "score_rejected"))
         if scores[0] == scores[1]:
             raise where.fail("score_chosen", "tie: chosen and rejected have the same score, no preference")
         if scores[0] < scores[1]:
@@ -351,8 +224,8 @@ def adapt_ultrafeedback(record: Mapping[str, Any], *, source: str, index: int) -
     / ``rejected`` message lists whose last assistant messages are the two responses, ``prompt`` (else the shared
     turns), scored ``(score_chosen, score_rejected)`` when both are given, else (1.0, 0.0).
     """
-    where = _Where(source, index)
-    record = _record(record, where)
+    where = Where(source, index)
+    record = as_record(record, where)
     if record.get("completions") is not None:
         return _ultrafeedback_raw(record, where)
     if "chosen" in record or "rejected" in record:
@@ -366,11 +239,11 @@ def adapt_alpaca_eval_annotations(record: Mapping[str, Any], *, source: str, ind
     ``preference`` p in [1, 2] is how much output_2 is preferred: scores = (2 - p, p - 1), so fractional values stay
     soft labels. p == 1.5 and AlpacaEval's draw code 0 are ties and raise a DataError (skippable).
     """
-    where = _Where(source, index)
-    record = _record(record, where)
-    prompt = _field_text(record, "instruction", where)
-    outputs = (_field_text(record, "output_1", where), _field_text(record, "output_2", where))
-    preference = _number(_need(record, "preference", where), where, "preference")
+    where = Where(source, index)
+    record = as_record(record, where)
+    prompt = field_text(record, "instruction", where)
+    outputs = (field_text(record, "output_1", where), field_text(record, "output_2", where))
+    preference = as_number(need(record, "preference", where), where, "preference")
     if preference in (0.0, 1.5):
         raise where.fail("preference", f"tie (preference {preference:g}): the annotator preferred neither output")
     if not 1.0 <= preference <= 2.0:
@@ -382,10 +255,10 @@ def adapt_alpaca_eval_annotations(record: Mapping[str, Any], *, source: str, ind
 
 def adapt_rewardbench(record: Mapping[str, Any], *, source: str, index: int) -> PreferenceRow:
     """RewardBench (allenai/reward-bench): ``prompt``, ``chosen``, ``rejected`` strings, scored (1.0, 0.0)."""
-    where = _Where(source, index)
-    record = _record(record, where)
-    responses = (_field_text(record, "chosen", where), _field_text(record, "rejected", where))
-    prompt = _field_text(record, "prompt", where)
+    where = Where(source, index)
+    record = as_record(record, where)
+    responses = (field_text(record, "chosen", where), field_text(record, "rejected", where))
+    prompt = field_text(record, "prompt", where)
     return PreferenceRow(source=source, index=index, prompt=prompt, responses=responses, scores=(1.0, 0.0))
 
 
@@ -402,13 +275,13 @@ def adapt_instructions(record: Mapping[str, Any], *, source: str, index: int) ->
 
     A non-empty ``input`` is appended to the instruction after a blank line; ``output`` becomes the reference.
     """
-    where = _Where(source, index)
-    record = _record(record, where)
-    prompt = _field_text(record, "instruction", where)
-    extra = _optional_text(record, "input", where)
+    where = Where(source, index)
+    record = as_record(record, where)
+    prompt = field_text(record, "instruction", where)
+    extra = optional_text(record, "input", where)
     if extra is not None:
         prompt = f"{prompt}\n\n{extra}"
-    reference = _optional_text(record, "output", where)
+    reference = optional_text(record, "output", where)
     return OpenRow(source=source, index=index, prompt=prompt, reference=reference)
 
 
@@ -417,8 +290,8 @@ def adapt_messages(record: Mapping[str, Any], *, source: str, index: int) -> Ope
 
     The prompt is the conversation up to the last user turn; one assistant turn after it becomes the reference.
     """
-    where = _Where(source, index)
-    turns = _message_turns(_need(_record(record, where), "messages", where), where, "messages")
+    where = Where(source, index)
+    turns = message_turns(need(as_record(record, where), "messages", where), where, "messages")
     users = [i for i, (role, _) in enumerate(turns) if role == "user"]
     if not users:
         raise where.fail("messages", "no user turn")
@@ -432,15 +305,15 @@ def adapt_messages(record: Mapping[str, Any], *, source: str, index: int) -> Ope
 
 # ---------------------------------------------------------------- urpo's own schema
 
-def _generic_scores(record: Mapping[str, Any], n: int, where: _Where) -> tuple[float, ...]:
+def _generic_scores(record: Mapping[str, Any], n: int, where: Where) -> tuple[float, ...]:
     if record.get("scores") is not None and record.get("ranking") is not None:
         raise where.fail("ranking", "give either 'scores' or 'ranking', not both")
     if record.get("scores") is not None:
-        return tuple(_number(s, where, f"scores[{i}]") for i, s in enumerate(_list(record["scores"], where, "scores")))
-    ranking = _list(_need(record, "ranking", where, "scores"), where, "ranking")
+        return tuple(as_number(s, where, f"scores[{i}]") for i, s in enumerate(as_list(record["scores"], where, "scores")))
+    ranking = as_list(need(record, "ranking", where, "scores"), where, "ranking")
     indices = [r for r in ranking if isinstance(r, int) and not isinstance(r, bool)]
     if len(indices) != len(ranking) or sorted(indices) != list(range(n)):
-        raise where.fail("ranking", f"must list each response index 0..{n - 1} once, best first; got {_short(ranking)}")
+        raise where.fail("ranking", f"must list each response index 0..{n - 1} once, best first; got {short(ranking)}")
     # The best response gets n, the worst 1: only the order matters.
     scores = [0.0] * n
     for position, response_index in enumerate(ranking):
@@ -456,22 +329,22 @@ def adapt_generic(record: Mapping[str, Any], *, source: str, index: int) -> Row:
       or ``"ranking": [response indices, best first]`` instead of ``scores``
     - ``{"kind": "open", "prompt", "reference"?}``
     """
-    where = _Where(source, index)
-    record = _record(record, where)
-    kind = _need(record, "kind", where)
-    prompt = _field_text(record, "prompt", where)
+    where = Where(source, index)
+    record = as_record(record, where)
+    kind = need(record, "kind", where)
+    prompt = field_text(record, "prompt", where)
     if kind == "verifiable":
-        answer = _answer_text(_need(record, "answer", where), where, "answer")
-        solution = _optional_text(record, "solution", where)
+        answer = answer_text(need(record, "answer", where), where, "answer")
+        solution = optional_text(record, "solution", where)
         return VerifiableRow(source=source, index=index, prompt=prompt, answer=answer, solution=solution)
     if kind == "preference":
-        items = _list(_need(record, "responses", where), where, "responses")
-        responses = tuple(_text(r, where, f"responses[{i}]") for i, r in enumerate(items))
+        items = as_list(need(record, "responses", where), where, "responses")
+        responses = tuple(as_text(r, where, f"responses[{i}]") for i, r in enumerate(items))
         scores = _generic_scores(record, len(responses), where)
         return PreferenceRow(source=source, index=index, prompt=prompt, responses=responses, scores=scores)
     if kind == "open":
-        return OpenRow(source=source, index=index, prompt=prompt, reference=_optional_text(record, "reference", where))
-    raise where.fail("kind", f"must be 'verifiable', 'preference' or 'open', got {_short(kind)}")
+        return OpenRow(source=source, index=index, prompt=prompt, reference=optional_text(record, "reference", where))
+    raise where.fail("kind", f"must be 'verifiable', 'preference' or 'open', got {short(kind)}")
 
 
 class AdapterInfo(NamedTuple):

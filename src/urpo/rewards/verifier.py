@@ -9,22 +9,8 @@ from functools import lru_cache
 
 import torch
 
+from urpo.boxed import last_boxed
 from urpo.rewards.base import Episode, RewardCallback, RewardResult
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced; None if absent."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
-        depth = 1
-        for pos in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[pos], 0)
-            if depth == 0:
-                return text[start:pos].strip()
-    return None
-
 
 def last_tagged(text: str, tag: str) -> str | None:
     """Content of the last ``<tag>...</tag>`` block in ``text``; None if absent."""
@@ -72,7 +58,12 @@ class MathVerifier(RewardCallback):
 
     def extract(self, completion: str) -> str | None:
         """The final answer in a completion, or None when it has none in the expected format."""
-        return last_tagged(completion, self.answer_tag) if self.answer_tag else last_boxed(completion)
+        if self.answer_tag:
+            return last_tagged(completion, self.answer_tag)
+        try:
+            return last_boxed(completion)
+        except ValueError:  # the last box never closes: a completion cut off mid-answer has no answer
+            return None
 
     def is_correct(self, prediction: str, gold: str) -> bool:
         """Whether an extracted answer is equivalent to the gold answer."""
