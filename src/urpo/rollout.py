@@ -88,6 +88,8 @@ class HFGenerateEngine:
             template already placed them.
         synced_gpus: keep every rank generating until all ranks are done. Required when parameters are sharded
             (FSDP), where ranks that stop early would otherwise leave the others waiting in a collective forever.
+        max_over_ranks: with ``synced_gpus``, returns the largest of a number over all ranks; used so that every
+            rank runs as many ``generate`` calls as the busiest one (a rank with fewer chunks runs padding calls).
     """
 
     def __init__(
@@ -95,10 +97,12 @@ class HFGenerateEngine:
         model: Callable[[], PreTrainedModel],
         tokenizer: PreTrainedTokenizerBase,
         synced_gpus: Callable[[], bool] | bool = False,
+        max_over_ranks: Callable[[int], int] | None = None,
     ) -> None:
         self._model = model
         self.tokenizer = tokenizer
         self._synced_gpus = synced_gpus
+        self._max_over_ranks = max_over_ranks
 
     @property
     def synced_gpus(self) -> bool:
@@ -111,14 +115,22 @@ class HFGenerateEngine:
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingArgs) -> RolloutBatch:
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         flat = [ids for ids in prompt_ids for _ in range(n)]
-        chunk = sampling.max_batch_size or len(flat) or 1
+        size = sampling.max_batch_size or len(flat) or 1
+        chunks = [flat[start : start + size] for start in range(0, len(flat), size)]
         completions: list[list[int]] = []
-        for start in range(0, len(flat), chunk):
-            completions.extend(self._generate_chunk(flat[start : start + chunk], sampling))
+        for chunk in chunks:
+            completions.extend(self._generate_chunk(chunk, sampling))
+        for _ in range(self._calls_needed(len(chunks)) - len(chunks)):
+            self._generate_chunk([[self.tokenizer.pad_token_id]], sampling)  # padding call: joins the collectives
         eos = set(_eos_ids(self.tokenizer, self._model()))
         reasons: list[FinishReason] = ["stop" if ids and ids[-1] in eos else "length" for ids in completions]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return RolloutBatch(prompt_ids=prompt_ids, completion_ids=completions, texts=texts, finish_reasons=reasons)
+
+    def _calls_needed(self, local_calls: int) -> int:
+        if not self.synced_gpus or self._max_over_ranks is None:
+            return local_calls
+        return self._max_over_ranks(local_calls)
 
     def _generate_chunk(self, prompt_ids: list[list[int]], sampling: SamplingArgs) -> list[list[int]]:
         model = self._model()

@@ -1,0 +1,67 @@
+"""The HF-generate rollout engine on the tiny model: shapes, EOS handling, chunking and rank-aligned calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from urpo.models import ModelArgs, load_model, load_tokenizer
+from urpo.prompts import render_chat
+from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs, _trim_completion, left_pad
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    args = ModelArgs(name_or_path=tiny_model_dir)
+    model, tokenizer = load_model(args), load_tokenizer(args)
+    return HFGenerateEngine(lambda: model, tokenizer)
+
+
+def prompts(engine, n: int) -> list[str]:
+    return [render_chat(engine.tokenizer, [{"role": "user", "content": f"What is {i} + 2?"}]) for i in range(n)]
+
+
+def test_generate_returns_n_completions_per_prompt_in_prompt_major_order(engine):
+    torch.manual_seed(0)
+    out = engine.generate(prompts(engine, 3), 4, SamplingArgs(max_new_tokens=8))
+    assert isinstance(engine, RolloutEngine)
+    assert len(out.prompt_ids) == 3 and len(out.completion_ids) == 12 == len(out.texts) == len(out.finish_reasons)
+    assert out.samples_per_prompt == 4
+    eos = engine.tokenizer.eos_token_id
+    for ids, reason in zip(out.completion_ids, out.finish_reasons):
+        assert 1 <= len(ids) <= 8
+        assert (reason == "stop") == (ids[-1] == eos)
+        assert eos not in ids[:-1]
+    assert out.logprobs is None
+
+
+def test_chunks_give_the_same_shapes(engine):
+    out = engine.generate(prompts(engine, 3), 2, SamplingArgs(max_new_tokens=4, max_batch_size=4))
+    assert len(out.completion_ids) == 6
+
+
+@pytest.mark.parametrize(("synced", "expected"), [(False, [2, 2]), (True, [2, 2, 1, 1, 1])])
+def test_a_rank_with_fewer_chunks_runs_padding_calls(engine, synced, expected):
+    """Under sharding every rank makes as many generate calls as the busiest rank (here: 5)."""
+    calls = []
+    ranked = HFGenerateEngine(engine._model, engine.tokenizer, synced_gpus=synced, max_over_ranks=lambda n: 5)
+    ranked._generate_chunk = lambda chunk, sampling: calls.append(len(chunk)) or [[1]] * len(chunk)
+    ranked.generate(prompts(ranked, 2), 2, SamplingArgs(max_new_tokens=2, max_batch_size=2))
+    assert calls == expected
+
+
+def test_trim_keeps_the_first_eos_and_drops_the_rest():
+    assert _trim_completion([5, 6, 9, 0, 0], eos_ids=[9]) == [5, 6, 9]
+    assert _trim_completion([5, 6, 7], eos_ids=[9]) == [5, 6, 7]
+
+
+def test_left_pad():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_sampling_args_are_validated():
+    for bad in ({"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 0.0}):
+        with pytest.raises(ValueError):
+            SamplingArgs(**bad)
