@@ -124,3 +124,28 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tiny_model_dir, 
     rows = (tmp_path / "tiny" / "version_1" / "metrics.csv").read_text().splitlines()
     steps = sorted({int(line.split(",")[rows[0].split(",").index("step")]) for line in rows[1:]})
     assert steps == [saved, saved + 1]
+
+
+def test_urpo_data_prints_the_mixture_and_rendered_prompts(tiny_model_dir, capsys):
+    samples = ROOT / "src" / "urpo" / "data" / "samples"
+    sources = (
+        f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}},'
+        f' {{"adapter": "hh_rlhf", "path": "{samples}/hh_rlhf_harmless_base_test.jsonl"}}]'
+    )
+    main(["data", "--config", TINY, "--model.model.name_or_path", tiny_model_dir, "--data.sources", sources,
+          "--data.max_prompt_tokens", "1500", "--batches", "2"])
+    out = capsys.readouterr().out
+    assert "rows per batch: {'verifiable': 2, 'preference': 2}" in out
+    assert "--- verifiable prompt" in out and "--- preference prompt" in out
+    assert "[Response A]" in out and "<ranking>" in out
+    assert "data/dropped_" in out  # the tiny tokenizer makes long prompts: some HH-RLHF rows are over 1500 tokens
+
+
+def test_validate_reports_rewards_per_kind(tiny_model_dir, tmp_path):
+    samples = ROOT / "src" / "urpo" / "data" / "samples"
+    main(["validate", "--config", TINY, "--model.model.name_or_path", tiny_model_dir,
+          "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--data.sources", f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}}]',
+          "--data.val_sources", f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl", "limit": 4}}]'])
+    header = (tmp_path / "tiny" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/reward/verifiable_mean" in header and "val/reward/math_verifier/accuracy" in header
