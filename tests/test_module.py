@@ -170,3 +170,17 @@ def test_a_kind_without_reward_callback_is_a_clear_error(tiny_model_dir):
 def test_missing_model_path_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         URPOModule(model=ModelArgs(name_or_path=str(tmp_path / "nope")))
+
+
+def test_gradient_checkpointing_trains_the_same_way(tiny_model_dir):
+    """Recomputing activations changes memory, not the update: one fixed-seed step matches without it."""
+    results = []
+    for checkpointing in (False, True):
+        L.seed_everything(0)
+        module = make_module(tiny_model_dir, rewards=[ConstantReward(1.0)])
+        module.gradient_checkpointing = checkpointing
+        trainer(1).fit(module, loader(rows(2), 1))
+        assert module.policy.is_gradient_checkpointing == checkpointing
+        results.append([p.detach().clone() for p in module.policy.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
