@@ -24,9 +24,9 @@ class URPOCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a broadcast: every rank must ask
         if trainer.global_rank != 0:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         ckpt = trainer.checkpoint_callback
         lines = [
             f"metrics:     {log_dir / 'metrics.csv'}",

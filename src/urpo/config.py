@@ -60,4 +60,37 @@ class LoggingArgs:
     """Where the final policy is exported with save_pretrained: 'auto' is <log_dir>/hf_model; None skips it."""
 
 
+
+@dataclass(frozen=True)
+class RolloutCorrectionArgs:
+    """Train/inference mismatch handling, active only with engines that report log-probs (vLLM; not 'hf').
+
+    The importance weight of a sampled token is ``pi_old / pi_engine``, the trainer's probability over the engine's
+    (Yao et al. 2025, truncated importance sampling; verl's and TRL's vLLM correction). It multiplies the token's
+    policy-gradient term. The mismatch itself is logged every step under ``mismatch/*``.
+    """
+
+    level: Literal["none", "token", "sequence"] = "token"
+    """'token' weights each token; 'sequence' weights a whole completion by the product of its token ratios
+    (TRL 1.16's default, with mode 'mask' and cap_max 3); 'none' logs the mismatch and corrects nothing."""
+    mode: Literal["truncate", "mask"] = "truncate"
+    """'truncate' clamps weights into [cap_min, cap_max] (TIS); 'mask' zeroes those outside (drops their gradient)."""
+    cap_max: float | None = 2.0
+    """Upper bound C of the weights (TIS uses 2; verl's default too). None: no bound."""
+    cap_min: float | None = None
+    """Lower bound of the weights. None: no bound."""
+    old_logprobs: Literal["trainer", "engine"] = "trainer"
+    """pi_old in GRPO's ratio: 'trainer' recomputes it with the trainer's forward (then the weights above correct
+    for the engine); 'engine' uses the engine's log-probs directly (verl's bypass mode): the ratio's clip then also
+    bounds the mismatch, no weights are applied, and num_iterations > 1 skips the extra old-log-prob forward."""
+
+    def __post_init__(self) -> None:
+        for name in ("cap_max", "cap_min"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+        if self.cap_max is not None and self.cap_min is not None and self.cap_min > self.cap_max:
+            raise ValueError(f"cap_min {self.cap_min} must not exceed cap_max {self.cap_max}")
+
+
 EngineName = Literal["hf", "vllm"]

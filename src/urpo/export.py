@@ -34,16 +34,23 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_policy(module: URPOModule, target: Path) -> Path:
-    """Write the policy (LoRA adapters merged into the base weights) and the tokenizer to ``target``."""
+    """Write the policy and the tokenizer to ``target`` as a plain Hugging Face model folder.
+
+    A LoRA policy is written with its adapters merged into the base weights (4-bit / 8-bit bases dequantized), so
+    loading it needs neither peft nor bitsandbytes; the adapter alone goes to ``target/adapter`` as a peft folder.
+    Under FSDP2 the shards are gathered first; every rank must call this.
+    """
+    from urpo.lora import is_lora
+
     model = module.policy
     state = full_state_dict(model)
     if module.global_rank == 0:
         target.mkdir(parents=True, exist_ok=True)
-        exportable = _merged_copy_if_lora(model, state)
-        if exportable is model:
-            model.save_pretrained(target, state_dict=state)
+        if is_lora(model):
+            _save_merged(model, state, target)
+            model.save_pretrained(target / "adapter", state_dict=state)  # peft keeps only the adapter entries
         else:
-            exportable.save_pretrained(target)
+            model.save_pretrained(target, state_dict=state)
         module.tokenizer.save_pretrained(target)
         module.print(f"urpo: exported the trained model to {target}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -51,11 +58,19 @@ def export_policy(module: URPOModule, target: Path) -> Path:
     return target
 
 
-def _merged_copy_if_lora(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    if not hasattr(model, "merge_and_unload"):
-        return model
+def _save_merged(model: torch.nn.Module, state: dict[str, torch.Tensor], target: Path) -> None:
     import copy
 
-    merged = copy.deepcopy(model)
-    merged.load_state_dict(state)
-    return merged.merge_and_unload()
+    from transformers import AutoModelForCausalLM
+
+    from urpo.lora import merged_state_dict
+
+    base = model.get_base_model()
+    config = copy.deepcopy(base.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the merged weights are plain floating-point tensors
+    # An empty skeleton of the base architecture: save_pretrained writes the given state dict, config and sharding.
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    skeleton.generation_config = base.generation_config
+    skeleton.save_pretrained(target, state_dict=merged_state_dict(model, state))

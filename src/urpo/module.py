@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning as L
@@ -18,16 +19,19 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from urpo import metrics as step_metrics
-from urpo.config import EngineName, GRPOArgs, LoggingArgs
+from urpo.config import EngineName, GRPOArgs, LoggingArgs, RolloutCorrectionArgs
 from urpo.data.schema import ROW_KINDS, Row
+from urpo.engines import correction
+from urpo.engines.vllm_engine import VLLMArgs
 from urpo.errors import ConfigError
+from urpo.lora import LoraArgs, QuantizationArgs, apply_lora, load_quantized_model, reference_policy
 from urpo.models import ModelArgs, load_model, load_tokenizer
 from urpo.objective import group_advantages, policy_loss
 from urpo.prompts import PlayerTemplate, render_chat
 from urpo.referee import RefereeTemplate, shuffled_order
 from urpo.rewards.base import Episode, RewardCallback, combine_rewards
 from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs
-from urpo.sequences import TrainSequence, collate, completion_logits, split_micro_batches, token_logprobs
+from urpo.sequences import TrainSequence, completion_logits, token_logprobs
 from urpo.timing import PhaseTimer
 from urpo.update import UpdatePlan, entropy_of
 
@@ -53,6 +57,10 @@ class URPOModule(L.LightningModule):
         gradient_checkpointing: recompute activations in backward to save memory.
         logging: sample tables and model export.
         seed: seeds the presentation shuffles of referee prompts (sampling follows Lightning's seed_everything).
+        lora: train low-rank adapters instead of all weights; the reference is then the base (adapters off).
+        quantization: load the frozen base in 4 or 8 bits with bitsandbytes (QLoRA; needs ``lora``).
+        vllm: options of the vLLM engine (``engine: vllm``): KV-cache bound, dtype, eager mode (docs/rollout.md).
+        rollout_correction: the train/inference mismatch correction, for engines that report log-probs (vLLM).
     """
 
     def __init__(
@@ -69,8 +77,16 @@ class URPOModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         logging: LoggingArgs = LoggingArgs(),
         seed: int = 0,
+        lora: LoraArgs | None = None,
+        quantization: QuantizationArgs | None = None,
+        vllm: VLLMArgs = VLLMArgs(),
+        rollout_correction: RolloutCorrectionArgs = RolloutCorrectionArgs(),
     ) -> None:
         super().__init__()
+        if quantization is not None and lora is None:
+            raise ConfigError("model.quantization freezes the base weights: it needs model.lora (QLoRA)")
+        self.lora, self.quantization = lora, quantization
+        self.vllm_args, self.rollout_correction = vllm, rollout_correction
         if rewards is None:
             from urpo.rewards.verifier import MathVerifier
 
@@ -96,24 +112,56 @@ class URPOModule(L.LightningModule):
             raise ConfigError(f"reward callbacks need distinct names (set name=...), got {names}")
 
     def configure_model(self) -> None:
-        """Load the policy (and the reference policy when ``beta > 0``); Lightning calls this under the strategy."""
+        """Load the policy (and the reference policy when ``beta > 0``); Lightning calls this under the strategy.
+
+        With LoRA the reference is the policy with its adapters switched off, not a copy. Under a
+        ``ModelParallelStrategy`` (``self.device_mesh`` is set) both are sharded with FSDP2 (:mod:`urpo.strategies`).
+        """
         if self.policy is not None:
             return
-        policy = load_model(self.model_args)
+        if self.quantization is None:
+            policy = load_model(self.model_args)
+        else:
+            # Quantized weights are made on the device they will live on, so it must be known at load time.
+            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+            policy = load_quantized_model(self.model_args, self.quantization, device, self.gradient_checkpointing)
         policy.train()  # from_pretrained returns eval mode; the rollout engine switches modes itself
         if self.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.grpo.beta > 0:
+        if self.lora is not None:
+            policy = apply_lora(policy, self.lora)
+        if self.grpo.beta > 0 and self.lora is None:
             self.reference = _frozen_copy(policy)
         self.policy = policy
         self.engine = self._build_engine()
+        if self.device_mesh is not None:
+            from urpo.strategies import apply_fsdp
+
+            apply_fsdp(self)
         for reward in self.rewards:
             reward.setup(self)
 
     def _build_engine(self) -> RolloutEngine:
         if self.engine_name == "hf":
-            return HFGenerateEngine(lambda: self.policy, self.tokenizer, synced_gpus=self._parameters_sharded)
+            return HFGenerateEngine(
+                lambda: self.policy, self.tokenizer, synced_gpus=self._parameters_sharded, max_over_ranks=self._max_over_ranks
+            )
+        if self.engine_name == "vllm":
+            from importlib.util import find_spec
+
+            if find_spec("vllm") is None:
+                raise ConfigError("engine: vllm needs the vllm extra: pip install 'urpo[vllm]' (docs/rollout.md)")
+            from urpo.engines.vllm_engine import VLLMEngine
+
+            return VLLMEngine(
+                lambda: self.policy, self.tokenizer, self.vllm_args,
+                precision=lambda: self.trainer.precision if self._trainer is not None else None,
+                rank=lambda: self.global_rank,
+            )  # fmt: skip
         raise ConfigError(f"engine {self.engine_name!r} is not available in this build (install the extra)")
+
+    def _max_over_ranks(self, value: int) -> int:
+        return int(self.all_gather(torch.tensor(value, device=self.device)).max().item())
 
     def _parameters_sharded(self) -> bool:
         return self.trainer.world_size > 1 if self._trainer is not None else False
@@ -141,7 +189,7 @@ class URPOModule(L.LightningModule):
         )  # [N, G]
         sequences = self.build_sequences(episodes, rewards, advantages)
         with timer("update"):
-            update_metrics = self.update(sequences)
+            update_metrics = self.update(sequences, correction.behaviour_rows(episodes, sequences))
         metrics = step_metrics.step_metrics(episodes, rewards, advantages, self.tokenizer, self.sampling)
         metrics.update(reward_metrics)
         metrics.update(update_metrics)
@@ -180,6 +228,8 @@ class URPOModule(L.LightningModule):
             episode.meta["completion_ids"] = out.completion_ids[i * g : (i + 1) * g]
             episode.completions = out.texts[i * g : (i + 1) * g]
             episode.finish_reasons = out.finish_reasons[i * g : (i + 1) * g]
+            # The sampler's own log-probs (vLLM), for the train/inference mismatch; None with the HF engine.
+            episode.meta["completion_logprobs"] = out.logprobs[i * g : (i + 1) * g] if out.logprobs is not None else None
         return episodes
 
     def render(self, row: Row, rng: random.Random) -> Episode:
@@ -227,33 +277,48 @@ class URPOModule(L.LightningModule):
 
     # ---- the update ---------------------------------------------------------------------------------------------
 
-    def update(self, sequences: list[TrainSequence]) -> dict[str, float]:
-        """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches."""
+    def update(self, sequences: list[TrainSequence], behaviour: list[list[float]] | None = None) -> dict[str, float]:
+        """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches.
+
+        ``behaviour`` holds the engine's log-probs of each sequence's tokens (None: the engine reports none).
+        """
         plan = UpdatePlan.build(self, sequences)
         if plan.num_sequences == 0:
             return {"train/empty_updates": 1.0}  # every completion of the step lacked a reward, on every rank
-        old_logps = plan.logprobs(self, self.policy) if self.grpo.num_iterations > 1 else None
-        ref_logps = plan.logprobs(self, self._reference_model()) if self.grpo.beta > 0 else None
+        engine_logps = correction.pack_for_plan(plan, sequences, behaviour, self.grpo.max_tokens_per_micro_batch)
+        if engine_logps is not None and self.rollout_correction.old_logprobs == "engine":
+            old_logps = engine_logps
+        else:
+            old_logps = plan.logprobs(self, self.policy) if self.grpo.num_iterations > 1 else None
+        ref_logps = None
+        if self.grpo.beta > 0:
+            with self._reference_model() as reference:
+                ref_logps = plan.logprobs(self, reference)
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}  # per key: padding micro-batches report no mismatch metrics
         for _ in range(self.grpo.num_iterations):
             for index in range(plan.num_micro_batches):
-                stats = self._micro_step(plan, index, old_logps, ref_logps)
+                stats = self._micro_step(plan, index, old_logps, ref_logps, engine_logps)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
             totals["train/grad_norm"] = self._optimizer_step()
-        count = max(plan.num_micro_batches * self.grpo.num_iterations, 1)
-        return {k: (v if k == "train/grad_norm" else v / count) for k, v in totals.items()}
+        return {k: (v if k == "train/grad_norm" else v / counts[k]) for k, v in totals.items()}
 
     def _micro_step(
-        self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None
-    ) -> dict[str, float]:
+        self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None,
+        engine_logps: list[torch.Tensor] | None = None,
+    ) -> dict[str, float]:  # fmt: skip
         batch, weight = plan.micro_batch(index)
         logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
         logp = token_logprobs(logits, batch.completion_ids)  # [B, C]
         old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
         ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
+        engine = engine_logps[index] if engine_logps is not None and weight > 0 else None  # [B, C]
+        # Importance-weights the gradient for the engine's sampling and measures the mismatch; no-op without engine.
+        loss_logp, mismatch = correction.correct(logp, old, engine, batch.completion_mask, self.rollout_correction)
         out = policy_loss(
-            logp, old, batch.advantages, batch.completion_mask,
+            loss_logp, old, batch.advantages, batch.completion_mask,
             eps_low=self.grpo.epsilon_low, eps_high=self.grpo.epsilon_high, dual_clip=self.grpo.dual_clip,
             importance=self.grpo.importance, ref_logp=ref, beta=self.grpo.beta, kl_estimator=self.grpo.kl_estimator,
             aggregation=self.grpo.loss_aggregation, num_tokens=plan.num_tokens, num_sequences=plan.num_sequences,
@@ -269,6 +334,7 @@ class URPOModule(L.LightningModule):
         }
         if out.kl is not None:
             stats["train/kl"] = out.kl.item() * weight
+        stats.update(mismatch)
         return stats
 
     def _optimizer_step(self) -> float:
@@ -290,8 +356,9 @@ class URPOModule(L.LightningModule):
         self.engine.sync_weights()
         return norm
 
-    def _reference_model(self) -> torch.nn.Module:
-        return self.reference
+    def _reference_model(self) -> AbstractContextManager[torch.nn.Module]:
+        """The reference policy, for a ``with`` block: the frozen copy, or the LoRA policy with adapters off."""
+        return reference_policy(self.policy, self.reference)
 
     # ---- checkpoints, samples, export ---------------------------------------------------------------------------
 

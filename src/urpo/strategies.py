@@ -33,6 +33,7 @@ from urpo.errors import ConfigError
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
+    from urpo.module import URPOModule
     from urpo.rollout import RolloutBatch, RolloutEngine, SamplingArgs
 
 FloatDType = Literal["float32", "bfloat16", "float16"]
@@ -76,7 +77,6 @@ class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallelism (FSDP2) over all devices of all nodes, for ``trainer.strategy`` in YAML.
 
     Args:
-        data_parallel_size: ranks that shard the model between them; 'auto' is every rank (nodes x devices).
         param_dtype: dtype parameters are gathered and computed in (None: their stored dtype).
         reduce_dtype: dtype gradients are reduced in (None: the parameter dtype).
         reshard_after_forward: free gathered layer parameters after forward (True) or keep them for backward.
@@ -90,7 +90,6 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def __init__(
         self,
-        data_parallel_size: Literal["auto"] | int = "auto",
         param_dtype: FloatDType | None = "bfloat16",
         reduce_dtype: FloatDType | None = "float32",
         reshard_after_forward: bool = True,
@@ -102,7 +101,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         timeout: timedelta | None = default_pg_timeout,
     ) -> None:
         super().__init__(
-            data_parallel_size=data_parallel_size,
+            data_parallel_size="auto",
             tensor_parallel_size=1,
             save_distributed_checkpoint=save_distributed_checkpoint,
             process_group_backend=process_group_backend,
@@ -118,10 +117,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         )
 
     def setup_environment(self) -> None:
-        # ModelParallelStrategy's 'auto' means one data-parallel group per node (for 2D with tensor parallelism);
-        # here every rank is a data-parallel rank.
-        if self._data_parallel_size == "auto":
-            self._data_parallel_size = self.num_nodes * self.num_processes
+        # ModelParallelStrategy's 'auto' means one data-parallel group per node (2D with tensor parallelism within
+        # nodes); here every rank of every node shards the model.
+        self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
     def model_to_device(self) -> None:
@@ -155,6 +153,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def shard_model(model: torch.nn.Module, mesh: DeviceMesh, settings: FSDPSettings) -> torch.nn.Module:
     """Apply ``fully_shard`` to every decoder layer, then to the whole model (which keeps embeddings and head).
 
+    The decoder layers are found by :func:`decoder_layers`; the whole-model unit is the transformers model itself
+    (inside a peft wrapper, if any).
+
     Args:
         model: the policy or the frozen reference; sharded in place.
         mesh: the data-parallel device mesh (Lightning's ``device_mesh["data_parallel"]``, or a 1-D mesh).
@@ -173,8 +174,31 @@ def shard_model(model: torch.nn.Module, mesh: DeviceMesh, settings: FSDPSettings
     common = {"mesh": mesh, "mp_policy": settings.mixed_precision(), "offload_policy": settings.offload()}
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=settings.reshard_after_forward, **common)
-    fully_shard(model, **common)
+    fully_shard(_transformers_model(model), **common)
     return model
+
+
+def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+    # The root unit goes on the transformers model, not on a peft wrapper around it: PeftModel.generate calls the
+    # inner model directly, so hooks on the wrapper would never gather the embeddings during generation. The
+    # wrappers hold no parameters of their own.
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def apply_fsdp(module: URPOModule) -> None:
+    """Shard ``module``'s policy and frozen reference on its device mesh, and gather the policy for rollouts.
+
+    The reference is stored in ``param_dtype``: it is only ever computed in that dtype, so a float32 copy would
+    double its memory for nothing.
+    """
+    settings = fsdp_settings(module.trainer.strategy)
+    shard_model(module.policy, module.device_mesh, settings)
+    if module.reference is not None:
+        if settings.param_dtype is not None:
+            module.reference.to(_dtype(settings.param_dtype))
+        shard_model(module.reference, module.device_mesh, settings)
+    if settings.unshard_for_generation and module.engine is not None:
+        module.engine = UnshardedGenerationEngine(module.engine, lambda: module.policy, settings)
 
 
 def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
@@ -217,7 +241,7 @@ def unsharded(model: torch.nn.Module, settings: FSDPSettings) -> Iterator[None]:
     """
     from torch.distributed.fsdp import FSDPModule
 
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]  # outermost (the root) first
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
@@ -227,7 +251,7 @@ def unsharded(model: torch.nn.Module, settings: FSDPSettings) -> Iterator[None]:
         for unit in units:
             unit.reshard()
             # The root keeps FSDP2's own default (False: its parameters are gathered again at once for backward).
-            restore = False if unit is model else settings.reshard_after_forward
+            restore = False if unit is units[0] else settings.reshard_after_forward
             unit.set_reshard_after_forward(restore, recurse=False)
 
 
@@ -258,6 +282,7 @@ __all__ = [
     "FSDP2Strategy",
     "FSDPSettings",
     "UnshardedGenerationEngine",
+    "apply_fsdp",
     "decoder_layers",
     "fsdp_settings",
     "is_sharded",

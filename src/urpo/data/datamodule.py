@@ -97,7 +97,7 @@ class URPODataModule(L.LightningDataModule):
     # ---- setup ---------------------------------------------------------------------------------------------------
 
     def _rank(self) -> tuple[int, int]:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def setup(self, stage: str | None = None) -> None:
