@@ -144,6 +144,7 @@ class _FakeModule:
 
 class _FakeTrainer:
     lightning_module = _FakeModule()
+    global_rank, world_size = 0, 1
 
 
 @pytest.mark.parametrize("overflow", ["drop", "truncate"])
