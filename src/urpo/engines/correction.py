@@ -34,7 +34,7 @@ def importance_weights(
     old_logp: Tensor, engine_logp: Tensor, mask: Tensor, level: CorrectionLevel, mode: CorrectionMode,
     cap_max: float | None, cap_min: float | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Importance weights ``pi_old / pi_engine`` of the sampled tokens, truncated or masked outside ``[cap_min, cap_max]``.
+    """Importance weights ``pi_old / pi_engine`` of the sampled tokens, truncated or masked outside the bounds.
 
     - ``token``: one weight per token, ``exp(logp_old - logp_engine)``.
     - ``sequence``: one weight per sequence, ``exp(sum_t (logp_old - logp_engine))`` (TRL's sequence modes), on every
@@ -169,7 +169,8 @@ def pack_for_plan(
         return None
     for seq, row in zip(sequences, behaviour):
         if len(row) != len(seq.completion_ids):
-            raise RuntimeError(f"engine log-probs cover {len(row)} tokens of a {len(seq.completion_ids)}-token completion")
+            found, expected = len(row), len(seq.completion_ids)
+            raise RuntimeError(f"engine log-probs cover {found} tokens of a {expected}-token completion")
     groups = split_micro_batches(sequences, max_tokens)
     packed = []
     for index in range(plan.num_micro_batches):

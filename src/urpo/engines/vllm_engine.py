@@ -175,20 +175,20 @@ class VLLMEngine:
         _check_pushable(model)
         self._folder = tempfile.TemporaryDirectory(prefix="urpo-vllm-")
         _write_config_folder(model, self.tokenizer, self._folder.name)
-        kwargs: dict[str, Any] = dict(
-            model=self._folder.name,
-            load_format="dummy",  # random init; the real weights are pushed right below
-            dtype=self._resolve_dtype(model),
-            seed=self.args.seed + self._rank(),
-            enforce_eager=self.args.enforce_eager,
-            kv_cache_memory_bytes=self.args.kv_cache_memory_bytes,
-            gpu_memory_utilization=self.args.gpu_memory_utilization,
-            max_model_len=self.args.max_model_len,
+        kwargs: dict[str, Any] = {
+            "model": self._folder.name,
+            "load_format": "dummy",  # random init; the real weights are pushed right below
+            "dtype": self._resolve_dtype(model),
+            "seed": self.args.seed + self._rank(),
+            "enforce_eager": self.args.enforce_eager,
+            "kv_cache_memory_bytes": self.args.kv_cache_memory_bytes,
+            "gpu_memory_utilization": self.args.gpu_memory_utilization,
+            "max_model_len": self.args.max_model_len,
             # Log-probs after temperature (and top-k/p), i.e. of the distribution actually sampled from: the trainer
             # divides its logits by the same temperature, so both sides compare like with like.
-            logprobs_mode="processed_logprobs",
-            generation_config="vllm",  # ignore the checkpoint's sampling defaults; SamplingArgs decides
-        )
+            "logprobs_mode": "processed_logprobs",
+            "generation_config": "vllm",  # ignore the checkpoint's sampling defaults; SamplingArgs decides
+        }
         if self.args.max_num_seqs is not None:
             kwargs["max_num_seqs"] = self.args.max_num_seqs
         if self.args.distributed_executor_backend is not None:
@@ -211,16 +211,16 @@ class VLLMEngine:
         return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "float32")
 
     def _sampling_kwargs(self, n: int, sampling: SamplingArgs) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(
-            n=n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k or 0,  # 0: no top-k in vLLM, as in HF generate
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # the sampled token's log-prob only
-            stop_token_ids=_eos_ids(self.tokenizer, self._model()),
-            detokenize=False,  # decoded here with the trainer's tokenizer, as the HF engine does
-        )
+        kwargs: dict[str, Any] = {
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k or 0,  # 0: no top-k in vLLM, as in HF generate
+            "max_tokens": sampling.max_new_tokens,
+            "logprobs": 0,  # the sampled token's log-prob only
+            "stop_token_ids": _eos_ids(self.tokenizer, self._model()),
+            "detokenize": False,  # decoded here with the trainer's tokenizer, as the HF engine does
+        }
         kwargs.update(self.args.sampling_kwargs)
         return kwargs
 
