@@ -1,0 +1,114 @@
+"""Held-out scores of a model: solving (greedy answer vs the kept-aside truth) and judging (held-out preference rows).
+
+* ``open_accuracy`` / ``verifiable_accuracy``: share of held-out subtraction / addition problems whose greedy answer's
+  last ``\\boxed{}`` holds the true integer.
+* ``referee_accuracy``: ``urpo eval-referee``'s accuracy (:func:`urpo.referee_eval.evaluate_referee`): every held-out
+  preference row is judged greedily in both presentation orders; a judgment scores its pairwise accuracy against the
+  gold order (for pairs: 1 if the better answer is ranked first), 0 when it does not parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from tools.evidence.world import PLAYER, REFEREE, read_jsonl
+from urpo.boxed import last_boxed
+from urpo.data.formats import adapt_generic
+from urpo.data.schema import OpenRow, PreferenceRow
+from urpo.prompts import render_chat
+from urpo.referee_eval import evaluate_referee
+from urpo.rollout import left_pad
+
+
+@dataclass
+class HeldOut:
+    """The evaluation sets, read once."""
+
+    open: list[dict]
+    verifiable: list[dict]
+    preference: list[PreferenceRow]
+
+    @classmethod
+    def load(cls, files: dict[str, Path], limit: int | None = None) -> HeldOut:
+        prefs = [adapt_generic(r, source="eval_preference", index=i) for i, r in enumerate(read_jsonl(files["eval_preference"]))]
+        return cls(read_jsonl(files["eval_open"])[:limit], read_jsonl(files["eval_verifiable"])[:limit], prefs[:limit])
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 256) -> list[str]:
+    """Greedy completions of rendered prompts, in batches; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
+            input_ids, mask = left_pad(ids, tokenizer.pad_token_id, next(model.parameters()).device)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )  # [B, P + T]  # fmt: skip
+            texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return texts
+
+
+def answer_of(text: str) -> int | None:
+    """The integer in the last ``\\boxed{}``, or None."""
+    try:
+        content = last_boxed(text)
+    except ValueError:
+        return None
+    return int(content) if content is not None and content.isdigit() else None
+
+
+def solve_accuracy(model, tokenizer, records: Sequence[dict]) -> float:
+    """Share of problems whose greedy answer equals the truth."""
+    prompts = [render_chat(tokenizer, PLAYER.messages(OpenRow(source="eval", index=0, prompt=r["prompt"]))) for r in records]
+    answers = [answer_of(t) for t in greedy(model, tokenizer, prompts, max_new_tokens=10)]
+    return sum(a == r["truth"] for a, r in zip(answers, records)) / max(len(records), 1)
+
+
+def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow]) -> float:
+    """``urpo eval-referee``'s overall accuracy with greedy judgments."""
+    report = evaluate_referee(
+        rows, ["all"] * len(rows), lambda prompts: greedy(model, tokenizer, prompts, max_new_tokens=32),
+        REFEREE, lambda messages: render_chat(tokenizer, messages),
+    )  # fmt: skip
+    return report["overall"]["accuracy"] or 0.0
+
+
+def evaluate(model, tokenizer, held: HeldOut) -> dict[str, float]:
+    """All three held-out scores of one model."""
+    return {
+        "open_accuracy": solve_accuracy(model, tokenizer, held.open),
+        "verifiable_accuracy": solve_accuracy(model, tokenizer, held.verifiable),
+        "referee_accuracy": referee_accuracy(model, tokenizer, held.preference),
+    }
+
+
+class EvalCallback(L.Callback):
+    """Scores the policy on the held-out sets before training and every ``every`` optimizer steps."""
+
+    def __init__(self, held: HeldOut, every: int) -> None:
+        self.held, self.every = held, every
+        self.history: list[dict[str, float]] = []
+
+    def _record(self, module) -> None:
+        scores = evaluate(module.policy, module.tokenizer, self.held)
+        self.history.append({"step": module.global_step, **scores})
+
+    def on_train_start(self, trainer, module) -> None:
+        self._record(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = module.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            if not self.history or self.history[-1]["step"] != step:
+                self._record(module)

@@ -1,0 +1,237 @@
+"""The warm start: a tiny Qwen2 trained briefly from scratch, offline, to be an imperfect player and referee.
+
+It is supervised on the ``warm`` pool of the world (never on RL or held-out problems): solved problems of both
+operations (``What is 17 - 5?`` -> ``\\boxed{12}``) and judgments of candidate pairs rendered with the same
+referee template RL uses (-> ``<ranking>B > A</ranking>``). A share of the targets is wrong on purpose (a
+distractor answer, a flipped ranking), and training stops early, so the model starts imperfect at both roles.
+
+Run alone: ``python -m tools.evidence.warm_start OUT_DIR [--seed 0] [--steps 600]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tools.evidence.world import (
+    DISTRACTOR_OFFSETS, PLAYER, REFEREE, Problem, WorldConfig, boxed, candidates, split_problems, utilities,
+)  # fmt: skip
+from urpo.data.schema import OpenRow
+from urpo.prompts import render_chat
+from urpo.referee import shuffled_order
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WORD_TOKENS = [
+    "\\boxed{", "<ranking>", "</ranking>", "[User Prompt]", "[End of User Prompt]",
+    *(f"[{end}Response {label}]" for label in "ABCD" for end in ("", "End of ")),
+]
+"""Kept whole (plain added tokens, not special: decoding keeps them), so answers and verdicts are a few tokens."""
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Model size and the brief supervised training that makes the warm start."""
+
+    hidden: int = 128
+    """Hidden size; 4 heads of 32 dimensions (head dim >= 32 keeps it vLLM-compatible, DESIGN.md section 6)."""
+    layers: int = 2
+    """Decoder layers."""
+    steps: int = 1500
+    """Optimizer steps of supervised training: past the point where solving 'clicks' (about step 700) but short
+    of mastery, so both roles stay imperfect (about 70% solving, 60% judging on held-out rows)."""
+    batch_size: int = 64
+    """Examples per step."""
+    lr: float = 2e-3
+    """Peak learning rate of a one-cycle schedule (AdamW)."""
+    judge_share: float = 0.5
+    """Share of examples that are judging tasks (the rest: solved problems)."""
+    solve_noise: float = 0.1
+    """Share of solved examples whose target answer is a wrong one."""
+    judge_noise: float = 0.05
+    """Share of judging examples where the referee's own answer (and so its verdict) is a wrong one."""
+
+
+# ---- the tokenizer and the model -------------------------------------------------------------------------------
+
+
+def tokenizer_corpus(problems: list[Problem], rng: random.Random) -> list[str]:
+    """Texts the BPE tokenizer is trained on: player and referee prompts and their answers."""
+    texts = [CHATML]
+    for problem in problems[:400]:
+        values = candidates(problem, 2, True, rng)
+        texts.append(problem.prompt + " " + boxed(problem.truth))
+        texts += [m["content"] for m in REFEREE.messages(problem.prompt, [boxed(v) for v in values], [0, 1])]
+        texts.append(f"<|im_start|>assistant\n{boxed(problem.truth)} {boxed(values[0])} no {boxed(values[1])} yes <ranking>B > A</ranking>")
+    return texts
+
+
+def build_tokenizer(problems: list[Problem], seed: int):
+    """A byte-level BPE tokenizer with one token per digit (so numbers are spelled, not memorised as wholes)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    tok.train_from_iterator(tokenizer_corpus(problems, random.Random(seed)), trainer)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in WORD_TOKENS])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_model(tokenizer, cfg: WarmStartConfig, seed: int):
+    """A randomly initialised tiny Qwen2 causal LM with tied embeddings."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    heads = max(cfg.hidden // 32, 1)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config)
+
+
+# ---- supervised examples ---------------------------------------------------------------------------------------
+
+
+def solve_example(problem: Problem, noise: float, rng: random.Random) -> tuple[list[dict], str]:
+    """A solved problem as (player messages, target), the target wrong with probability ``noise``."""
+    answer = problem.truth
+    if rng.random() < noise:
+        answer = max(0, answer + rng.choice(DISTRACTOR_OFFSETS))
+    return PLAYER.messages(OpenRow(source="warm", index=0, prompt=problem.prompt)), boxed(answer)
+
+
+def judge_example(problem: Problem, noise: float, rng: random.Random) -> tuple[list[dict], str]:
+    """A judging task over a shuffled pair of candidates (one of them right) as (referee messages, target).
+
+    The target reasons before its verdict, as the referee template asks: its own answer, then each shown candidate
+    with ``yes`` / ``no`` (equal to its answer or not), then the ranking by closeness to its answer:
+    ``\\boxed{12} \\boxed{14} no \\boxed{12} yes <ranking>B > A</ranking>``. (A tiny model trained briefly cannot
+    compare two numbers it has not written next to each other; spelled out, the check is learned in minutes.)
+    With probability ``noise`` the referee's own answer is a wrong one, and its checks and ranking follow it: a
+    consistent referee that makes an arithmetic slip.
+    """
+    values = candidates(problem, 2, True, rng)
+    order = shuffled_order(2, rng)
+    own = problem.truth
+    if rng.random() < noise:
+        own = max(0, own + rng.choice(DISTRACTOR_OFFSETS))
+    return REFEREE.messages(problem.prompt, [boxed(v) for v in values], order), judge_target(own, [values[i] for i in order])
+
+
+def judge_target(own: int, shown: Sequence[int]) -> str:
+    """The referee's reasoning and verdict: its own answer, a yes/no check of each shown candidate against it, and
+    the ranking by closeness to it (stable: ties keep the shown order)."""
+    checks = " ".join(f"{boxed(v)} {'yes' if v == own else 'no'}" for v in shown)
+    labels = REFEREE.labels(len(shown))
+    ranked = sorted(range(len(shown)), key=lambda k: abs(shown[k] - own))
+    verdict = f"{REFEREE.open_tag}{' > '.join(labels[k] for k in ranked)}{REFEREE.close_tag}"
+    return f"{boxed(own)} {checks} {verdict}"
+
+
+def encode(tokenizer, messages: list[dict], target: str) -> tuple[list[int], list[int]]:
+    prompt = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt, answer
+
+
+def examples(problems: list[Problem], cfg: WarmStartConfig, tokenizer, rng: random.Random, count: int):
+    """``count`` encoded examples drawn from the warm pool, solving and judging mixed by ``judge_share``."""
+    out = []
+    for _ in range(count):
+        problem = rng.choice(problems)
+        if rng.random() < cfg.judge_share:
+            out.append(encode(tokenizer, *judge_example(problem, cfg.judge_noise, rng)))
+        else:
+            out.append(encode(tokenizer, *solve_example(problem, cfg.solve_noise, rng)))
+    return out
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded inputs; the loss covers only the target tokens."""
+    width = max(len(p) + len(a) for p, a in batch)
+    ids = torch.full((len(batch), width), pad_id)  # [B, T]
+    labels = torch.full((len(batch), width), -100)  # [B, T]
+    mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
+    for i, (prompt, answer) in enumerate(batch):
+        seq = prompt + answer
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(prompt) : len(seq)] = torch.tensor(answer)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+
+def train(model, tokenizer, problems: list[Problem], cfg: WarmStartConfig, seed: int) -> list[float]:
+    """Supervised training with AdamW and a one-cycle schedule; returns the loss of every step."""
+    rng = random.Random(f"warm:{seed}")
+    data = examples(problems, cfg, tokenizer, rng, cfg.steps * cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        batch = collate(data[step * cfg.batch_size : (step + 1) * cfg.batch_size], tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def build_warm_start(out: Path, seed: int = 0, cfg: WarmStartConfig = WarmStartConfig(), world: WorldConfig = WorldConfig()) -> dict:
+    """Builds, trains and saves the warm start into ``out`` (loadable with ``ModelArgs(name_or_path=out)``)."""
+    start = time.time()
+    split = split_problems(world)
+    warm = split.get("warm")
+    tokenizer = build_tokenizer(split.get("warm") + split.get("rl_solve"), seed=world.seed)
+    model = build_model(tokenizer, cfg, seed)
+    losses = train(model, tokenizer, warm, cfg, seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / min(20, len(losses)),
+            "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - start}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=WarmStartConfig.steps)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(build_warm_start(args.out, args.seed, WarmStartConfig(steps=args.steps)))
+
+
+if __name__ == "__main__":
+    main()
