@@ -74,3 +74,24 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     for name in ("final_scores.png", "curves.png", "open_rewards.png"):
         assert (out / name).stat().st_size > 1000
     assert json.loads((out / "results.json").read_text())["summary"]["urpo"]["open_accuracy"]["values"]
+
+
+def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties():
+    from tools.evidence.judges import MISSING_ANSWER_DISTANCE, true_distances, truth_agreement
+
+    # Answers 12 (right), 13 (off by one), no answer, 12 again; truth 12.
+    distances = true_distances(["\\boxed{12}", "so \\boxed{13}", "no idea", "\\boxed{12}"], 12)
+    assert distances == [0, 1, MISSING_ANSWER_DISTANCE, 0]
+    # Pairs with different distances: (0,1) (0,2) (1,2) (1,3) (2,3) = 5; (0,3) is skipped (both right).
+    # Rewards order (0,1) right, (0,2) tie -> 0.5, (1,2) wrong, (1,3) right, (2,3) right: 3.5 of 5.
+    hits, pairs = truth_agreement([1.0, 0.5, 1.0, 1.2], distances)
+    assert (hits, pairs) == (3.5, 5)
+    assert truth_agreement([float("nan"), 0.0], [0, 1]) == (0.0, 0)  # an unrewarded answer makes no pair
+
+
+def test_stats_are_mean_and_sample_std_ignoring_missing_values():
+    from tools.evidence.report import stats
+
+    assert stats([0.5, 0.7, float("nan"), None]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414213562), "values": [0.5, 0.7]}
+    assert stats([0.4]) == {"mean": 0.4, "std": 0.0, "values": [0.4]}
+    assert stats([]) == {"mean": None, "std": None, "values": []}
