@@ -146,6 +146,61 @@ def test_micro_batch_split_does_not_change_the_update(tiny_model_dir):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def _attached_module(model_dir: str, **grpo) -> URPOModule:
+    """A module with its policy, optimizer and a Trainer attached, ready for ``update``.
+
+    SGD with momentum and weight decay: a step on zero gradients still moves the weights, and unlike Adam it does
+    not blow float rounding in near-zero gradients up to full-size steps, so updates can be compared closely.
+    """
+    L.seed_everything(0)
+    module = make_module(model_dir, rewards=[ConstantReward(1.0)], max_grad_norm=None, **grpo)
+    module.optimizer_factory = lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9, weight_decay=0.1)
+    module.configure_model()
+    fit = trainer(1)
+    fit.strategy.connect(module)
+    fit.strategy._lightning_module = module
+    module.trainer = fit
+    fit.strategy.setup_optimizers(fit)
+    return module
+
+
+def test_skipping_zero_advantage_completions_does_not_change_the_update(tiny_model_dir):
+    """Zero-advantage completions have an exactly zero gradient (beta = 0): leaving them out of the forward/backward
+    while counting their tokens gives the same optimizer steps, including a step where every advantage is 0."""
+    def seqs(advantages):
+        return [TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=a,
+                              episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]  # fmt: skip
+
+    steps = [seqs([0.5, 0.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0]), seqs([0.0] * 8)]
+    results = []
+    for skip in (True, False):
+        module = _attached_module(tiny_model_dir, skip_zero_advantage=skip)
+        stats = [module.update(step) for step in steps]
+        results.append(([p.detach().clone() for p in module.policy.parameters()], stats))
+    (params_skip, stats_skip), (params_full, stats_full) = results
+    assert [s["train/zero_advantage_skipped"] for s in stats_skip] == [6.0, 8.0]
+    assert [s["train/zero_advantage_skipped"] for s in stats_full] == [0.0, 0.0]
+    assert stats_skip[0]["train/loss"] == pytest.approx(stats_full[0]["train/loss"], rel=1e-5, abs=1e-7)
+    changed = 0
+    for a, b in zip(params_skip, params_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    module = _attached_module(tiny_model_dir)
+    before = [p.detach().clone() for p in module.policy.parameters()]
+    module.update(steps[1])  # all zero on a fresh optimizer: only weight decay moves the weights
+    for a, b in zip(before, module.policy.parameters()):
+        changed += not torch.equal(a, b.detach())
+        torch.testing.assert_close(b.detach(), a * (1 - 1e-2 * 0.1))
+    assert changed > 0
+
+
+def test_zero_advantage_completions_are_trained_when_a_kl_term_needs_them(tiny_model_dir):
+    module = make_module(tiny_model_dir, beta=0.1)
+    sequences = [TrainSequence([5], [10, 11], 0.0, 0, 0), TrainSequence([5], [12, 13], 1.0, 0, 1)]
+    assert module._sequences_with_gradient(sequences, None) == (sequences, None)
+    module = make_module(tiny_model_dir)
+    assert module._sequences_with_gradient(sequences, [[0.1, 0.2], [0.3, 0.4]]) == ([sequences[1]], [[0.3, 0.4]])
+
+
 def test_non_finite_step_is_skipped_and_counted(tiny_model_dir, tmp_path):
     module = make_module(tiny_model_dir, rewards=[ConstantReward(float("inf"))])
     module.configure_model()

@@ -211,6 +211,25 @@ def test_engine_leaves_the_trainers_random_stream_alone(hf_and_engine):
     assert first.completion_ids != second.completion_ids  # the engine's own stream moves on between calls
 
 
+@pytest.mark.vllm
+def test_engine_sampling_stream_round_trips_through_its_state_dict(hf_and_engine, vllm_model_dir):
+    from urpo.engines.vllm_engine import VLLMEngine
+
+    holder, tokenizer, engine = hf_and_engine
+    prompts = _prompts(tokenizer, 2)
+    engine.generate(prompts, 1, SAMPLING)  # started and pushed: the state below is mid-stream
+    state = engine.state_dict()
+    assert set(state["rng"]) >= {"torch", "python"} and "numpy" not in state["rng"]
+    straight = engine.generate(prompts, 2, SAMPLING)
+    engine.load_state_dict(state)
+    assert engine.generate(prompts, 2, SAMPLING).completion_ids == straight.completion_ids
+    # Before the engine starts there is no stream to save, and a loaded one waits for the start.
+    fresh = VLLMEngine(lambda: holder["model"], tokenizer, engine.args)
+    assert fresh.state_dict() == {}
+    fresh.load_state_dict(state)
+    assert fresh._resumed_rng is not None and fresh.llm is None
+
+
 def _length_reward():
     """Reward = completion length in characters: varies within every group, so each step really moves the weights."""
     from urpo.rewards.base import RewardCallback, RewardResult
@@ -260,6 +279,9 @@ def _fit(model_dir: Path, tmp_path: Path, precision: str, steps: int = 3, rows=N
     ("precision", "dtype", "tolerance"), [("32-true", "float32", 1e-4), ("bf16-mixed", "bfloat16", 0.02)]
 )
 def test_training_with_vllm_completes_and_tracks_the_policy(vllm_model_dir, tmp_path, precision, dtype, tolerance):
+    from urpo.models import ModelArgs
+    from urpo.module import URPOModule
+
     trainer, module = _fit(vllm_model_dir, tmp_path, precision)
     metrics = trainer.callback_metrics
     assert trainer.global_step == 3
@@ -268,6 +290,15 @@ def test_training_with_vllm_completes_and_tracks_the_policy(vllm_model_dir, tmp_
     assert module.engine.pushes == 3
     assert float(metrics["mismatch/logp_abs_diff"]) < tolerance
     assert math.isfinite(float(metrics["mismatch/kl"])) and math.isfinite(float(metrics["train/loss"]))
+    # Checkpoints carry the engine's sampling stream, and loading one hands it to the (not yet started) engine.
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    saved = checkpoint["urpo"]["engine"]["rng"]["torch"]
+    assert torch.equal(saved, module.engine.state_dict()["rng"]["torch"])
+    resumed = URPOModule(ModelArgs(str(vllm_model_dir)), engine="vllm")
+    resumed.configure_model()
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(resumed.engine._resumed_rng["torch"], saved)
     module.engine.close()
 
 

@@ -38,6 +38,11 @@ class GRPOArgs:
     """Token budget (sequences x padded length) of one forward/backward; bounds activation memory."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
+    skip_zero_advantage: bool = True
+    """With ``beta = 0``, skip the forward/backward of completions whose advantage is exactly 0 (every answer of
+    their group got the same reward: common, the motivation of DAPO's dynamic sampling). Their gradient is exactly
+    zero and their tokens still count in the loss normaliser, so the update is the same, only cheaper. Update
+    metrics (entropy, clip fractions, ratios) then describe the completions trained on."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:

@@ -282,10 +282,11 @@ class URPOModule(L.LightningModule):
 
         ``behaviour`` holds the engine's log-probs of each sequence's tokens (None: the engine reports none).
         """
-        plan = UpdatePlan.build(self, sequences)
+        trained, behaviour = self._sequences_with_gradient(sequences, behaviour)
+        plan = UpdatePlan.build(self, trained, counted=sequences)
         if plan.num_sequences == 0:
             return {"train/empty_updates": 1.0}  # every completion of the step lacked a reward, on every rank
-        engine_logps = correction.pack_for_plan(plan, sequences, behaviour, self.grpo.max_tokens_per_micro_batch)
+        engine_logps = correction.pack_for_plan(plan, trained, behaviour, self.grpo.max_tokens_per_micro_batch)
         if engine_logps is not None and self.rollout_correction.old_logprobs == "engine":
             old_logps = engine_logps
         else:
@@ -302,8 +303,32 @@ class URPOModule(L.LightningModule):
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1
+            if plan.num_micro_batches == 0:
+                self._zero_gradients()  # nothing to backpropagate: step on exact zeros, as a full update would
             totals["train/grad_norm"] = self._optimizer_step()
-        return {k: (v if k == "train/grad_norm" else v / counts[k]) for k, v in totals.items()}
+        metrics = {k: (v if k == "train/grad_norm" else v / counts[k]) for k, v in totals.items()}
+        metrics["train/zero_advantage_skipped"] = float(len(sequences) - len(trained))
+        return metrics
+
+    def _sequences_with_gradient(
+        self, sequences: list[TrainSequence], behaviour: list[list[float]] | None
+    ) -> tuple[list[TrainSequence], list[list[float]] | None]:
+        """The sequences worth a forward/backward (and their engine log-probs): see ``GRPOArgs.skip_zero_advantage``.
+
+        Without a KL term every loss term of a completion is its advantage times a (clipped, maybe importance-
+        weighted) ratio, so an advantage of exactly 0 gives an exactly zero gradient.
+        """
+        if not self.grpo.skip_zero_advantage or self.grpo.beta > 0:
+            return sequences, behaviour
+        keep = [i for i, seq in enumerate(sequences) if seq.advantage != 0.0]
+        return [sequences[i] for i in keep], (None if behaviour is None else [behaviour[i] for i in keep])
+
+    def _zero_gradients(self) -> None:
+        """Give every trainable parameter a zero gradient, so the optimizer step (momentum, weight decay) runs as
+        it would after a backward pass whose gradients were all zero."""
+        for param in self.policy.parameters():
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
 
     def _micro_step(
         self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None,
@@ -368,6 +393,8 @@ class URPOModule(L.LightningModule):
             "skipped_steps": self.skipped_steps,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            # An engine with a sampling stream of its own (vLLM) saves it too; HF generate uses the global one above.
+            "engine": self.engine.state_dict() if hasattr(self.engine, "state_dict") else {},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -380,6 +407,8 @@ class URPOModule(L.LightningModule):
             torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state.get("engine") and hasattr(self.engine, "load_state_dict"):
+            self.engine.load_state_dict(state["engine"])
 
     def _maybe_write_samples(self, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor) -> None:
         every = self.logging_args.samples_every_n_steps

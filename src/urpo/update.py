@@ -38,10 +38,15 @@ class UpdatePlan:
         return len(self.batches)
 
     @classmethod
-    def build(cls, module: URPOModule, sequences: Sequence[TrainSequence]) -> UpdatePlan:
+    def build(
+        cls, module: URPOModule, sequences: Sequence[TrainSequence], counted: Sequence[TrainSequence] | None = None
+    ) -> UpdatePlan:
+        """Micro-batches of ``sequences``; the loss is normalised by the counts of ``counted`` (default: the same),
+        which may hold more sequences: ones left out of the forward/backward because their gradient is zero."""
         groups = split_micro_batches(sequences, module.grpo.max_tokens_per_micro_batch)
+        counted = sequences if counted is None else counted
         local = torch.tensor(
-            [sum(len(s.completion_ids) for s in sequences), len(sequences)], dtype=torch.float64, device=module.device
+            [sum(len(s.completion_ids) for s in counted), len(counted)], dtype=torch.float64, device=module.device
         )
         tokens, count = module.trainer.strategy.reduce(local, reduce_op="sum").tolist()
         num_micro = int(module.all_gather(torch.tensor(len(groups), device=module.device)).max().item())

@@ -104,6 +104,7 @@ class VLLMEngine:
         self.llm: Any = None
         self._folder: tempfile.TemporaryDirectory | None = None
         self._rng_state: dict[str, Any] | None = None
+        self._resumed_rng: dict[str, Any] | None = None  # a checkpoint's stream, applied once the engine starts
         self._stale = True
         self.pushes = 0
 
@@ -197,6 +198,9 @@ class VLLMEngine:
         with _saved_global_rng():  # vLLM seeds random/numpy/torch globally while it starts
             self.llm = LLM(**kwargs)
             self._rng_state = _rng_snapshot()  # the seeded state becomes the engine's own sampling stream
+        if self._resumed_rng is not None:
+            self._rng_state.update(self._resumed_rng)
+            self._resumed_rng = None
         self.push_weights()
 
     def _resolve_dtype(self, model: torch.nn.Module) -> str:
@@ -234,6 +238,24 @@ class VLLMEngine:
                 yield
             finally:
                 self._rng_state = _rng_snapshot()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The engine's own sampling stream (torch, Python and CUDA RNG states) for checkpoints; empty before it
+        starts. NumPy's state is left out: vLLM's sampling does not draw from it, and it would not load under
+        ``torch.load(weights_only=True)``."""
+        if self._rng_state is None:
+            return {}
+        return {"rng": {k: v for k, v in self._rng_state.items() if k in ("torch", "python", "cuda")}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a checkpoint's sampling stream: a resumed run samples what a straight run would have."""
+        rng = state.get("rng")
+        if rng is None:
+            return
+        if self._rng_state is None:
+            self._resumed_rng = dict(rng)  # not started yet: _start applies it after vLLM's own seeding
+        else:
+            self._rng_state.update(rng)
 
     def close(self) -> None:
         """Free the engine (its KV cache and weights) and its config folder."""
