@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from tools.evidence.world import OPEN_OP, VERIFIABLE_OP, WorldConfig, read_jsonl, split_problems, write_world
+from tools.evidence.world import (
+    OPEN_OP,
+    VERIFIABLE_OP,
+    WorldConfig,
+    read_jsonl,
+    split_problems,
+    write_world,
+)
 
 _PROBLEM = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
 
@@ -77,7 +84,11 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
 
 
 def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties():
-    from tools.evidence.judges import MISSING_ANSWER_DISTANCE, true_distances, truth_agreement
+    from tools.evidence.judges import (
+        MISSING_ANSWER_DISTANCE,
+        true_distances,
+        truth_agreement,
+    )
 
     # Answers 12 (right), 13 (off by one), no answer, 12 again; truth 12.
     distances = true_distances(["\\boxed{12}", "so \\boxed{13}", "no idea", "\\boxed{12}"], 12)

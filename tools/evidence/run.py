@@ -23,9 +23,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `tools.evidence` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tools.evidence.runs import RLConfig, execute  # noqa: E402
-from tools.evidence.warm_start import WarmStartConfig  # noqa: E402
-from tools.evidence.world import WorldConfig, write_world  # noqa: E402
+from tools.evidence.runs import RLConfig, execute
+from tools.evidence.warm_start import WarmStartConfig
+from tools.evidence.world import WorldConfig, write_world
 
 RUNS = ("warm_start", "urpo", "separate_referee", "verifiable_only")
 """The rows of the table; the baseline's referee is trained as a run of its own, ``referee``."""

@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 
 from tools.evidence.world import (
-    DISTRACTOR_OFFSETS, PLAYER, REFEREE, Problem, WorldConfig, boxed, candidates, split_problems, utilities,
+    DISTRACTOR_OFFSETS,
+    PLAYER,
+    REFEREE,
+    Problem,
+    WorldConfig,
+    boxed,
+    candidates,
+    split_problems,
 )  # fmt: skip
 from urpo.data.schema import OpenRow
 from urpo.prompts import render_chat
@@ -76,7 +83,14 @@ def tokenizer_corpus(problems: list[Problem], rng: random.Random) -> list[str]:
 
 def build_tokenizer(problems: list[Problem], seed: int):
     """A byte-level BPE tokenizer with one token per digit (so numbers are spelled, not memorised as wholes)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
