@@ -181,6 +181,7 @@ def test_skipping_zero_advantage_completions_does_not_change_the_update(tiny_mod
     assert [s["train/zero_advantage_skipped"] for s in stats_skip] == [6.0, 8.0]
     assert [s["train/zero_advantage_skipped"] for s in stats_full] == [0.0, 0.0]
     assert stats_skip[0]["train/loss"] == pytest.approx(stats_full[0]["train/loss"], rel=1e-5, abs=1e-7)
+    assert stats_skip[1]["train/loss"] == stats_full[1]["train/loss"] == 0.0
     changed = 0
     for a, b in zip(params_skip, params_full):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -307,6 +307,8 @@ class URPOModule(L.LightningModule):
                 self._zero_gradients()  # nothing to backpropagate: step on exact zeros, as a full update would
             totals["train/grad_norm"] = self._optimizer_step()
         metrics = {k: (v if k == "train/grad_norm" else v / counts[k]) for k, v in totals.items()}
+        if plan.num_micro_batches == 0:  # every completion skipped: the loss was exactly zero (per-token stats: none)
+            metrics.update({"train/loss": 0.0, "train/pg_loss": 0.0})
         metrics["train/zero_advantage_skipped"] = float(len(sequences) - len(trained))
         return metrics
 
