@@ -119,42 +119,17 @@ def test_learning_raises_a_toy_reward(tiny_model_dir):
     assert end > start + 0.25, (start, end, history)
 
 
-def test_micro_batch_split_does_not_change_the_update(tiny_model_dir):
-    """One micro-batch of 8 sequences and 8 micro-batches of 1 give the same SGD step (token_mean aggregation)."""
-    sequences = [
-        TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=(-1) ** i * 0.5,
-                      episode=i // 4, sample=i % 4)
-        for i in range(8)
-    ]
-    results = []
-    for budget in (10_000, 1):
-        L.seed_everything(0)
-        module = make_module(tiny_model_dir, rewards=[ConstantReward(1.0)], max_tokens_per_micro_batch=budget,
-                             max_grad_norm=None)
-        module.optimizer_factory = lambda params: torch.optim.SGD(params, lr=1.0)
-        module.configure_model()
-        fit = trainer(1)
-        fit.strategy.connect(module)
-        fit.strategy._lightning_module = module
-        module.trainer = fit
-        fit.strategy.setup_optimizers(fit)
-        stats = module.update(sequences)
-        results.append((stats["train/loss"] * (1 if budget > 1 else 8), [p.detach().clone() for p in module.policy.parameters()]))
-    (loss_a, params_a), (loss_b, params_b) = results
-    assert loss_a == pytest.approx(loss_b, rel=1e-5)
-    for a, b in zip(params_a, params_b):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+def _sequences(advantages: list[float]) -> list[TrainSequence]:
+    """Training sequences of different prompt and completion lengths, one per advantage, 4 to a group."""
+    return [TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=a,
+                          episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]  # fmt: skip
 
 
-def _attached_module(model_dir: str, **grpo) -> URPOModule:
-    """A module with its policy, optimizer and a Trainer attached, ready for ``update``.
-
-    SGD with momentum and weight decay: a step on zero gradients still moves the weights, and unlike Adam it does
-    not blow float rounding in near-zero gradients up to full-size steps, so updates can be compared closely.
-    """
+def _attached_module(model_dir: str, optimizer, **grpo) -> URPOModule:
+    """A module with its policy, ``optimizer`` (a factory) and a Trainer attached, ready for ``update``."""
     L.seed_everything(0)
     module = make_module(model_dir, rewards=[ConstantReward(1.0)], max_grad_norm=None, **grpo)
-    module.optimizer_factory = lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9, weight_decay=0.1)
+    module.optimizer_factory = optimizer
     module.configure_model()
     fit = trainer(1)
     fit.strategy.connect(module)
@@ -164,17 +139,34 @@ def _attached_module(model_dir: str, **grpo) -> URPOModule:
     return module
 
 
+def test_micro_batch_split_does_not_change_the_update(tiny_model_dir):
+    """One micro-batch of 8 sequences and 8 micro-batches of 1 give the same SGD step (token_mean aggregation)."""
+    sequences = _sequences([(-1) ** i * 0.5 for i in range(8)])
+    results = []
+    for budget in (10_000, 1):
+        module = _attached_module(tiny_model_dir, lambda params: torch.optim.SGD(params, lr=1.0),
+                                  max_tokens_per_micro_batch=budget)  # fmt: skip
+        stats = module.update(sequences)
+        results.append((stats["train/loss"] * (1 if budget > 1 else 8), [p.detach().clone() for p in module.policy.parameters()]))
+    (loss_a, params_a), (loss_b, params_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _sgd_with_momentum(params):
+    """A step on zero gradients still moves the weights (momentum, decay), and unlike Adam, float rounding in
+    near-zero gradients is not blown up to full-size steps, so updates can be compared closely."""
+    return torch.optim.SGD(params, lr=1e-2, momentum=0.9, weight_decay=0.1)
+
+
 def test_skipping_zero_advantage_completions_does_not_change_the_update(tiny_model_dir):
     """Zero-advantage completions have an exactly zero gradient (beta = 0): leaving them out of the forward/backward
     while counting their tokens gives the same optimizer steps, including a step where every advantage is 0."""
-    def seqs(advantages):
-        return [TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=a,
-                              episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]  # fmt: skip
-
-    steps = [seqs([0.5, 0.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0]), seqs([0.0] * 8)]
+    steps = [_sequences([0.5, 0.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0]), _sequences([0.0] * 8)]
     results = []
     for skip in (True, False):
-        module = _attached_module(tiny_model_dir, skip_zero_advantage=skip)
+        module = _attached_module(tiny_model_dir, _sgd_with_momentum, skip_zero_advantage=skip)
         stats = [module.update(step) for step in steps]
         results.append(([p.detach().clone() for p in module.policy.parameters()], stats))
     (params_skip, stats_skip), (params_full, stats_full) = results
@@ -182,12 +174,12 @@ def test_skipping_zero_advantage_completions_does_not_change_the_update(tiny_mod
     assert [s["train/zero_advantage_skipped"] for s in stats_full] == [0.0, 0.0]
     assert stats_skip[0]["train/loss"] == pytest.approx(stats_full[0]["train/loss"], rel=1e-5, abs=1e-7)
     assert stats_skip[1]["train/loss"] == stats_full[1]["train/loss"] == 0.0
-    changed = 0
     for a, b in zip(params_skip, params_full):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    module = _attached_module(tiny_model_dir)
+    module = _attached_module(tiny_model_dir, _sgd_with_momentum)
     before = [p.detach().clone() for p in module.policy.parameters()]
     module.update(steps[1])  # all zero on a fresh optimizer: only weight decay moves the weights
+    changed = 0
     for a, b in zip(before, module.policy.parameters()):
         changed += not torch.equal(a, b.detach())
         torch.testing.assert_close(b.detach(), a * (1 - 1e-2 * 0.1))

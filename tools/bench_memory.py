@@ -32,21 +32,14 @@ def run_one(spec: dict) -> None:
     import lightning as L
     import torch
 
-    from tools.bench_trl import answer_reward, bench_rows
+    from tools.bench_trl import answer_reward_callback, bench_rows
     from tools.evidence.judges import FrozenJudge
     from urpo.config import GRPOArgs, LoggingArgs
     from urpo.models import ModelArgs
     from urpo.module import URPOModule
-    from urpo.rewards.base import RewardCallback, RewardResult
     from urpo.rewards.preference import PreferenceReward
     from urpo.rewards.self_judge import SelfJudge
     from urpo.rollout import SamplingArgs
-
-    class AnswerReward(RewardCallback):
-        default_kinds = ("verifiable",)
-
-        def score(self, episodes):
-            return RewardResult(torch.tensor([[answer_reward(c, e.row.answer) for c in e.completions] for e in episodes]))
 
     class StepTimes(L.Callback):
         def __init__(self) -> None:
@@ -61,7 +54,7 @@ def run_one(spec: dict) -> None:
     judge = SelfJudge() if spec["mode"] == "unified" else FrozenJudge(spec["model"])
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(spec["model"]), rewards=[AnswerReward(), PreferenceReward(), judge],
+        ModelArgs(spec["model"]), rewards=[answer_reward_callback(), PreferenceReward(), judge],
         grpo=GRPOArgs(num_generations=spec["g"]), sampling=SamplingArgs(max_new_tokens=spec["length"]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),

@@ -101,6 +101,22 @@ def answer_reward(text: str, answer: str) -> float:
     return float(answer in text) + 0.001 * len(text)
 
 
+def answer_reward_callback():
+    """:func:`answer_reward` as urpo's reward callback for verifiable rows (built lazily: urpo imports torch)."""
+    import torch
+
+    from urpo.rewards.base import RewardCallback, RewardResult
+
+    class AnswerReward(RewardCallback):
+        default_kinds = ("verifiable",)
+
+        def score(self, episodes):
+            scores = [[answer_reward(c, e.row.answer) for c in e.completions] for e in episodes]
+            return RewardResult(torch.tensor(scores))
+
+    return AnswerReward()
+
+
 # ---- workers: one configuration each, stepping when the coordinator says so -----------------------------------------
 
 
@@ -121,15 +137,7 @@ def run_urpo(spec: dict) -> None:
     from urpo.engines.vllm_engine import VLLMArgs
     from urpo.models import ModelArgs
     from urpo.module import URPOModule
-    from urpo.rewards.base import RewardCallback, RewardResult
     from urpo.rollout import SamplingArgs
-
-    class AnswerReward(RewardCallback):
-        default_kinds = ("verifiable",)
-
-        def score(self, episodes):
-            scores = [[answer_reward(c, e.row.answer) for c in e.completions] for e in episodes]
-            return RewardResult(torch.tensor(scores))
 
     class Stepper(L.Callback):
         def on_fit_start(self, trainer, module):
@@ -146,7 +154,7 @@ def run_urpo(spec: dict) -> None:
             _report("step", seconds=time.perf_counter() - self.t0, tokens=float(m["completion/tokens"]), **phases)
 
     start = time.perf_counter()
-    rewards = [AnswerReward()]
+    rewards = [answer_reward_callback()]
     if spec["three_kinds"]:
         from urpo.rewards.preference import PreferenceReward
         from urpo.rewards.self_judge import SelfJudge

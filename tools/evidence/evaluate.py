@@ -109,6 +109,6 @@ class EvalCallback(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = module.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
-            if not self.history or self.history[-1]["step"] != step:
-                self._record(module)
+        due = step % self.every == 0 or step == trainer.max_steps
+        if due and self.history[-1]["step"] != step:  # on_train_start recorded step 0
+            self._record(module)
