@@ -471,3 +471,43 @@ def test_gold_ranking_agrees_perfectly_and_any_ranking_stays_in_range(scores: li
     pred = tuple((i,) for i in order)
     assert 0.0 <= pairwise_accuracy(pred, scores) <= 1.0
     assert -1.0 - 1e-12 <= kendall_tau(pred, scores) <= 1.0 + 1e-12
+
+
+# ---------------------------------------------------------------------------------------------- echoes of the prompt
+
+ECHO_TEMPLATES = [
+    RefereeTemplate(),
+    RefereeTemplate(reminder=None),
+    RefereeTemplate(reminder=None, system=None),
+    RefereeTemplate(allow_ties=True, reminder=None),
+    RefereeTemplate(open_tag="[[", close_tag="]]", reminder=None),
+    RefereeTemplate(instruction="Rank them. Format: {example}", reminder="Answer like {example}"),
+    RefereeTemplate(instruction="Rank them, e.g. {example}.", reminder=None, show_reference=False),
+]
+
+
+@pytest.mark.parametrize("template", ECHO_TEMPLATES, ids=lambda t: f"{t.open_tag}-{t.reminder is None}-{t.allow_ties}")
+@pytest.mark.parametrize("n", [2, 3])
+def test_an_echo_of_the_prompt_is_never_a_verdict(template: RefereeTemplate, n: int) -> None:
+    # The prompt shows an example ranking; a model that copies the prompt (whole, or its instruction) must not be
+    # credited with it, whatever the template's reminder, tags or tie rule.
+    messages = template.messages("Which is best?", [f"answer {i}" for i in range(n)], list(range(n)), "ref")
+    prompt = "\n".join(m["content"] for m in messages)
+    user = messages[-1]["content"]
+    if template.reminder is None:  # without the prompt to compare with, the echo would read as the example
+        assert isinstance(template.parse(user, n), ParsedRanking)
+    for echo in (user, prompt, user.split("\n\n")[0], user + "\n"):
+        result = template.parse(echo, n, prompt)
+        assert isinstance(result, ParseFailure) and result.reason == "no_ranking", (echo, result)
+
+
+@pytest.mark.parametrize("template", ECHO_TEMPLATES[:5], ids=lambda t: f"{t.open_tag}-{t.reminder is None}")
+def test_a_verdict_after_an_echo_or_equal_to_the_example_still_counts(template: RefereeTemplate) -> None:
+    messages = template.messages("Which is best?", ["one", "two"], [0, 1])
+    prompt = messages[-1]["content"]
+    example = f"{template.open_tag}B > A{template.close_tag}"  # the rotated example of 2 labels
+    assert example in prompt
+    for verdict in (example, f"{example}\n", f"B is right. {example}", f"{example}\nA misses the point."):
+        assert template.parse(verdict, 2, prompt) == ParsedRanking(((1,), (0,))), verdict
+    after_echo = prompt + f"\nMy answer: {template.open_tag}A > B{template.close_tag}"
+    assert template.parse(after_echo, 2, prompt) == ParsedRanking(((0,), (1,)))

@@ -36,8 +36,26 @@ def reward_metrics(episodes: Sequence[Episode], rewards: torch.Tensor) -> dict[s
             kind_rewards = rewards[rows]  # [n_kind, G]
             out[f"reward/{kind}_mean"], out[f"reward/{kind}_std"] = _nan_stats(kind_rewards)
             out[f"rows/{kind}"] = float(len(rows))
-    out["groups/zero_variance_frac"] = sum(_zero_variance(r) for r in rewards) / max(len(rewards), 1)
+            # Where GRPO's signal is lost: a group whose rewards are all equal has zero advantage everywhere, and a
+            # small within-group spread means small advantages once the group std is divided out.
+            out[f"groups/{kind}_zero_variance_frac"] = _zero_variance_frac(kind_rewards)
+            out[f"reward/{kind}_group_spread"] = _group_spread(kind_rewards)
+    out["groups/zero_variance_frac"] = _zero_variance_frac(rewards)
     return out
+
+
+def _zero_variance_frac(rewards: torch.Tensor) -> float:
+    return sum(_zero_variance(r) for r in rewards) / max(len(rewards), 1)  # rewards: [n, G]
+
+
+def _group_spread(rewards: torch.Tensor) -> float:
+    """Mean over groups of the within-group (population) std of the valid rewards; NaN when no group has two."""
+    spreads = []
+    for group in rewards:  # [G]
+        valid = group[~torch.isnan(group)]  # [K]
+        if valid.numel() >= 2:
+            spreads.append(valid.std(unbiased=False).item())
+    return sum(spreads) / len(spreads) if spreads else float("nan")
 
 
 def _zero_variance(group: torch.Tensor) -> bool:

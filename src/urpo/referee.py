@@ -221,9 +221,13 @@ class RefereeTemplate:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return [*system, {"role": "user", "content": "\n\n".join(parts)}]
 
-    def parse(self, completion: str, n: int) -> ParsedRanking | ParseFailure:
-        """Reads a verdict over ``n`` responses with this template's tags and tie rule (see :func:`parse_ranking`)."""
-        return parse_ranking(completion, n, self.allow_ties, self.open_tag, self.close_tag)
+    def parse(self, completion: str, n: int, prompt: str | None = None) -> ParsedRanking | ParseFailure:
+        """Reads a verdict over ``n`` responses with this template's tags and tie rule (see :func:`parse_ranking`).
+
+        Pass the judging ``prompt`` (its text, rendered or as messages' content) so that a ranking block the
+        completion merely copies from the prompt, such as the format example, is never read as the verdict.
+        """
+        return parse_ranking(completion, n, self.allow_ties, self.open_tag, self.close_tag, prompt)
 
     def _clip(self, text: str) -> str:
         limit = self.max_response_chars
@@ -275,12 +279,15 @@ _TOKEN = re.compile(r"\w+|\S")
 
 
 def parse_ranking(
-    text: str, n: int, allow_ties: bool = False, open_tag: str = "<ranking>", close_tag: str = "</ranking>"
+    text: str, n: int, allow_ties: bool = False, open_tag: str = "<ranking>", close_tag: str = "</ranking>",
+    prompt: str | None = None,
 ) -> ParsedRanking | ParseFailure:
     """Reads the final ranking of ``n`` labels from a referee's completion; never raises on any completion.
 
     The last complete block wins: the last opening tag before a closing tag, up to the first closing tag after
-    it. Tags match in any case and with whitespace between their pieces (``< /RANKING >``). Inside, labels are
+    it. With ``prompt`` given, blocks that are echoes of the prompt are passed over (see :func:`is_echo`): a
+    model that repeats its instructions must not be credited with the example ranking they show.
+    Tags match in any case and with whitespace between their pieces (``< /RANKING >``). Inside, labels are
     separated by ``>`` (and ``=`` when ``allow_ties``); whitespace is ignored. Lowercase labels are accepted
     (``b > a``): with single letters they are unambiguous, and format compliance is judged by the tags and the
     grammar, not letter case. Only the last :data:`PARSE_TAIL_CHARS` characters are read and blocks over
@@ -297,26 +304,62 @@ def parse_ranking(
         raise ValueError("a ranking needs at least one label")
     if not isinstance(text, str):
         return ParseFailure("no_ranking", f"completion is a {type(text).__name__}, not a str")
-    content = _last_block(text[-PARSE_TAIL_CHARS:], open_tag, close_tag)
-    if content is None:
+    tail = text[-PARSE_TAIL_CHARS:]
+    spans = _block_spans(tail, open_tag, close_tag)
+    if prompt:
+        echoed = [span for span in spans if is_echo(tail, span, prompt)]
+        spans = [span for span in spans if span not in echoed]
+        if echoed and not spans:
+            return ParseFailure("no_ranking", f"the only {open_tag}...{close_tag} block copies the prompt")
+    if not spans:
         return ParseFailure("no_ranking", f"no complete {open_tag}...{close_tag} block")
+    content = tail[spans[-1][1] : spans[-1][2]]
     if len(content) > MAX_BLOCK_CHARS:
         return ParseFailure("bad_token", f"ranking block is {len(content)} characters, over {MAX_BLOCK_CHARS}")
     return _parse_tokens(_TOKEN.findall(content), names, allow_ties)
 
 
-def _last_block(tail: str, open_tag: str, close_tag: str) -> str | None:
+ECHO_CONTEXT_CHARS = 24
+"""Characters on each side of a ranking block compared with the prompt to tell an echo from a verdict."""
+ECHO_MIN_CONTEXT = 6
+"""A side counts as evidence of an echo only with at least this many non-space characters."""
+
+
+def _block_spans(tail: str, open_tag: str, close_tag: str) -> list[tuple[int, int, int, int]]:
+    """Every complete block as ``(open_start, content_start, content_end, close_end)``, in text order.
+
+    A block is the last opening tag before a closing tag, up to the first closing tag after that opening tag, so
+    the last span is the block the parser has always read.
+    """
     opener, closer = _tag_patterns(open_tag, close_tag, False)
-    close_starts = [m.start() for m in closer.finditer(tail)]
-    if not close_starts:
-        return None
-    # Any opening tag before the last closing tag is closed, so the last such one starts the last complete block.
-    start = None
-    for start in opener.finditer(tail, 0, close_starts[-1]):
-        pass
-    if start is None:
-        return None
-    return tail[start.end() : close_starts[bisect.bisect_left(close_starts, start.end())]]
+    closes = [(m.start(), m.end()) for m in closer.finditer(tail)]
+    opens = [(m.start(), m.end()) for m in opener.finditer(tail)]
+    close_starts, open_ends = [c[0] for c in closes], [o[1] for o in opens]
+    spans: dict[tuple[int, int, int, int], None] = {}  # ordered and de-duplicated
+    for close_start in close_starts:
+        k = bisect.bisect_right(open_ends, close_start)  # openers that end before this closer starts
+        if k == 0:
+            continue
+        start, content_start = opens[k - 1]
+        close = closes[bisect.bisect_left(close_starts, content_start)]
+        spans[(start, content_start, close[0], close[1])] = None
+    return list(spans)
+
+
+def is_echo(text: str, span: tuple[int, int, int, int], prompt: str) -> bool:
+    """Whether the block at ``span`` of ``text`` is copied from ``prompt`` rather than written as a verdict.
+
+    The block together with the text next to it on either side (up to :data:`ECHO_CONTEXT_CHARS` characters,
+    at least :data:`ECHO_MIN_CONTEXT` of them non-space) must occur verbatim in the prompt. A block with no such
+    context, e.g. a completion that is just ``<ranking>B > A</ranking>``, is a verdict even when it matches the
+    prompt's example: the example is a legal ranking, and a terse answer may well be it.
+    """
+    start, _, _, end = span
+    block = text[start:end]
+    before, after = text[max(0, start - ECHO_CONTEXT_CHARS) : start], text[end : end + ECHO_CONTEXT_CHARS]
+    if len(before.strip()) >= ECHO_MIN_CONTEXT and before + block in prompt:
+        return True
+    return len(after.strip()) >= ECHO_MIN_CONTEXT and block + after in prompt
 
 
 def _parse_tokens(tokens: list[str], names: list[str], allow_ties: bool) -> ParsedRanking | ParseFailure:
@@ -368,5 +411,5 @@ __all__ = [
     "DEFAULT_INSTRUCTION", "DEFAULT_REMINDER", "DEFAULT_SYSTEM", "MAX_BLOCK_CHARS", "MAX_LABELS",
     "PARSE_FAILURE_REASONS", "PARSE_TAIL_CHARS", "ParseFailure", "ParseFailureReason", "ParsedRanking",
     "RefereeTemplate", "Tiers", "TRUNCATION_MARKER", "agreement", "borda_scores", "exact_match", "kendall_tau",
-    "pairwise_accuracy", "parse_ranking", "sanitize_response", "shuffled_order", "to_original", "top1_correct",
+    "is_echo", "pairwise_accuracy", "parse_ranking", "sanitize_response", "shuffled_order", "to_original", "top1_correct",
 ]  # fmt: skip

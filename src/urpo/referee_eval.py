@@ -134,7 +134,8 @@ def evaluate_referee(
     render: Callable[[list], str],
 ) -> dict[str, Any]:  # fmt: skip
     """Judges every row in both orders with ``generate`` and returns the report (``overall`` and ``subsets``)."""
-    texts = generate(judging_prompts(rows, template, render))
+    prompts = judging_prompts(rows, template, render)
+    texts = generate(prompts)
     if len(texts) != 2 * len(rows):
         raise RuntimeError(f"generate returned {len(texts)} judgments for {2 * len(rows)} prompts")
     overall, per_subset = SubsetStats(), {}
@@ -142,7 +143,7 @@ def evaluate_referee(
         n = len(row.responses)
         pair = []
         for k, (name, order) in enumerate(zip(ORDERS, (list(range(n)), list(range(n))[::-1]))):
-            verdict = read_verdict(template, texts[2 * i + k], order)
+            verdict = read_verdict(template, texts[2 * i + k], order, prompts[2 * i + k])
             accuracy = pairwise_accuracy(verdict.tiers, row.scores) if verdict.parsed else 0.0
             pair.append(Judgment(i, subset, name, verdict, accuracy))
         overall.add_row(pair)

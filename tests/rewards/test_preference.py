@@ -198,3 +198,17 @@ def test_rewards_are_float32_of_shape_n_by_g() -> None:
     callback.setup(fake_module())
     result = callback.score([preference_episode([ranking("A", "B")] * 3, [0, 1]) for _ in range(2)])
     assert result.rewards.dtype == torch.float32 and tuple(result.rewards.shape) == (2, 3)
+
+
+@pytest.mark.parametrize("reminder", [None, "Answer like {example}."])
+def test_a_referee_that_echoes_its_prompt_gets_the_format_penalty(reminder) -> None:
+    template = RefereeTemplate(reminder=reminder)
+    messages = template.messages("Which is better?", ["good", "bad"], [1, 0])
+    echo = messages[-1]["content"]
+    episode = preference_episode([echo, echo + "\n", "B > A", "<ranking>B > A</ranking>"], [1, 0])
+    episode.messages = messages
+    callback = PreferenceReward()
+    callback.setup(fake_module(template=template))
+    result = callback.score([episode])
+    # Shown order [1, 0]: label B is response 0, the gold best; only the last completion is a real verdict.
+    assert result.rewards.tolist() == [[-0.5, -0.5, -0.5, 1.0]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from tests.rewards.fakes import (
     ScriptedEngine,
@@ -262,3 +263,15 @@ def test_cross_check_needs_a_verifier() -> None:
 def test_rejects_bad_config(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         SelfJudge(**kwargs)
+
+
+@pytest.mark.parametrize("reminder", [None, "Rank them like {example}."])
+def test_a_judge_that_echoes_its_prompt_gives_no_rewards(reminder) -> None:
+    # With reminder=None the last ranking block of an echoed prompt is the template's own example: it must never
+    # be read as a verdict (the prompt is compared with the judgment).
+    template = RefereeTemplate(reminder=reminder)
+    judge = SelfJudge(judgments_per_group=2)
+    judge.setup(fake_module(ScriptedEngine(lambda prompt, k: prompt), template))
+    result = judge.score([open_episode(["first answer", "second answer", "third answer"])])
+    assert torch.isnan(result.rewards).all()
+    assert result.metrics["parse_failure_rate"] == 1.0 and result.metrics["parse_failure/no_ranking"] == 2.0

@@ -63,12 +63,20 @@ class Verdict:
         return self.tiers is not None
 
 
-def read_verdict(template: RefereeTemplate, text: str, order: Sequence[int]) -> Verdict:
-    """Parses ``text`` as a ranking of ``len(order)`` shown responses and maps it to original indices."""
-    parsed = template.parse(text, len(order))
+def read_verdict(template: RefereeTemplate, text: str, order: Sequence[int], prompt: str | None = None) -> Verdict:
+    """Parses ``text`` as a ranking of ``len(order)`` shown responses and maps it to original indices.
+
+    ``prompt`` is the judging prompt's text: ranking blocks the completion copies from it are not verdicts.
+    """
+    parsed = template.parse(text, len(order), prompt)
     if isinstance(parsed, ParseFailure):
         return Verdict(None, parsed.reason)
     return Verdict(to_original(parsed, order))
+
+
+def prompt_text(messages: Sequence[dict[str, str]]) -> str:
+    """All text of a chat prompt, for telling an echo of the prompt from a verdict (:func:`read_verdict`)."""
+    return "\n".join(m["content"] for m in messages)
 
 
 def same_preferred(a: Tiers, b: Tiers) -> bool:
@@ -158,7 +166,10 @@ class PreferenceReward(RewardCallback):
 
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
         template = self._template()
-        first = [[read_verdict(template, text, _order(e)) for text in e.completions] for e in episodes]
+        first = [
+            [read_verdict(template, text, _order(e), prompt_text(e.messages)) for text in e.completions]
+            for e in episodes
+        ]
         second = self._second_verdicts(episodes) if self.consistency else None
         rewards = [
             [self._reward(e, v, second[i][j] if second else None) for j, v in enumerate(first[i])]
@@ -191,7 +202,8 @@ class PreferenceReward(RewardCallback):
         out = []
         for i, (episode, order) in enumerate(zip(episodes, orders)):
             episode.meta["second_order"], episode.meta["second_judgments"] = order, texts[i * g : (i + 1) * g]
-            out.append([read_verdict(self._template(), t, order) for t in texts[i * g : (i + 1) * g]])
+            prompt = prompt_text(messages[i])
+            out.append([read_verdict(self._template(), t, order, prompt) for t in texts[i * g : (i + 1) * g]])
         return out
 
     def _second_order(self, order: list[int]) -> list[int]:
@@ -243,5 +255,5 @@ def as_rng_state(state: Any) -> tuple:
 
 __all__ = [
     "AgreementMetric", "METRICS", "PreferenceReward", "SecondOrder", "Verdict", "as_rng_state", "failure_metrics",
-    "generate_judgments", "read_verdict", "same_preferred",
+    "generate_judgments", "prompt_text", "read_verdict", "same_preferred",
 ]  # fmt: skip

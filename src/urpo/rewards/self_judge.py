@@ -240,7 +240,7 @@ class SelfJudge(RewardCallback):
         with torch.no_grad():  # the engine already avoids gradients; this also covers custom engines
             texts = self.module.engine.generate([t.prompt for t in tasks], 1, self.sampling).texts
         for task, text in zip(tasks, texts, strict=True):
-            local = read_verdict(self.module.referee, text, list(range(len(task.members))))
+            local = read_verdict(self.module.referee, text, list(range(len(task.members))), task.prompt)
             if local.parsed:  # positions in the chunk -> answer indices in the group
                 local = Verdict(tuple(tuple(sorted(task.members[p] for p in tier)) for tier in local.tiers))
             task.verdict = local
