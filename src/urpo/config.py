@@ -8,6 +8,9 @@ from typing import Literal
 from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
 
 
+PreferenceOrders = Literal["mirrored", "shared"]
+
+
 @dataclass(frozen=True)
 class GRPOArgs:
     """The GRPO objective and how one rollout batch is turned into updates."""
@@ -38,6 +41,12 @@ class GRPOArgs:
     """Token budget (sequences x padded length) of one forward/backward; bounds activation memory."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
+    preference_orders: PreferenceOrders = "mirrored"
+    """How the G judgments of a preference row see its responses: 'mirrored' shows half of the group one shuffled
+    order and the other half the same order reversed; 'shared' shows the whole group one shuffled order. With a
+    shared order a judge that always names the same position is right for every judgment of a row or for none, so
+    its groups have equal rewards and GRPO cannot move it off its position bias; mirrored, the same bias is right in
+    one half and wrong in the other, and the advantage rewards reading the responses instead (docs/referee.md)."""
     skip_zero_advantage: bool = True
     """With ``beta = 0``, skip the forward/backward of completions whose advantage is exactly 0 (every answer of
     their group got the same reward: common, the motivation of DAPO's dynamic sampling). Their gradient is exactly

@@ -217,14 +217,27 @@ class URPOModule(L.LightningModule):
         self.log_dict(finite, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
     def rollout(self, rows: Sequence[Row], batch_idx: int = 0) -> list[Episode]:
-        """Render every row's prompt and sample G completions for all of them in one engine call."""
+        """Render every row's prompt and sample G completions for all of them in one engine call.
+
+        When some group shows its completions different prompts (mirrored preference orders), the call asks for
+        one sample of each completion's own prompt; for the HF engine that is the very same batch as G samples of
+        each prompt, since it repeats every prompt G times itself.
+        """
         rng = random.Random(f"{self.seed}:{self.global_step}:{self.global_rank}:{batch_idx}")
-        episodes = [self.render(row, rng) for row in rows]
-        prompts = [render_chat(self.tokenizer, e.messages) for e in episodes]
-        out = self.engine.generate(prompts, self.grpo.num_generations, self.sampling)
         g = self.grpo.num_generations
+        episodes = [self.render(row, rng) for row in rows]
+        per_completion = [self._completion_messages(e) for e in episodes]
+        shared = all(all(m is msgs[0] for m in msgs) for msgs in per_completion)
+        if shared:
+            out = self.engine.generate([render_chat(self.tokenizer, e.messages) for e in episodes], g, self.sampling)
+            prompt_ids = [[ids] * g for ids in out.prompt_ids]
+        else:
+            texts = [render_chat(self.tokenizer, m) for msgs in per_completion for m in msgs]
+            out = self.engine.generate(texts, 1, self.sampling)
+            prompt_ids = [out.prompt_ids[i * g : (i + 1) * g] for i in range(len(episodes))]
         for i, episode in enumerate(episodes):
-            episode.meta["prompt_ids"] = out.prompt_ids[i]
+            episode.meta["prompt_ids"] = prompt_ids[i][0]
+            episode.meta["completion_prompt_ids"] = prompt_ids[i]  # the prompt each completion answered
             episode.meta["completion_ids"] = out.completion_ids[i * g : (i + 1) * g]
             episode.completions = out.texts[i * g : (i + 1) * g]
             episode.finish_reasons = out.finish_reasons[i * g : (i + 1) * g]
@@ -233,12 +246,30 @@ class URPOModule(L.LightningModule):
         return episodes
 
     def render(self, row: Row, rng: random.Random) -> Episode:
-        """The prompt a row is trained on: the player's question, or a referee judging task for preference rows."""
+        """The prompt a row is trained on: the player's question, or a referee judging task for preference rows.
+
+        A preference episode records the presentation order of each of its G judgments in ``meta["orders"]``
+        (``meta["order"]`` is the first), following ``grpo.preference_orders``.
+        """
         if row.kind != "preference":
             return Episode(row=row, messages=self.player.messages(row))
         order = shuffled_order(len(row.responses), rng)
+        g = self.grpo.num_generations
+        mirrored = self.grpo.preference_orders == "mirrored"
+        orders = [order] * (g - g // 2) + [order[::-1] if mirrored else order] * (g // 2)
         messages = self.referee.messages(row.prompt, row.responses, order)
-        return Episode(row=row, messages=messages, meta={"order": order})
+        return Episode(row=row, messages=messages, meta={"order": order, "orders": orders})
+
+    def _completion_messages(self, episode: Episode) -> list[list[dict[str, str]]]:
+        """The chat messages each of the episode's G completions answers (the same object when they share one)."""
+        orders = episode.meta.get("orders")
+        if orders is None or all(o == orders[0] for o in orders):
+            return [episode.messages] * self.grpo.num_generations
+        row, cache = episode.row, {tuple(orders[0]): episode.messages}
+        for order in orders:
+            if tuple(order) not in cache:
+                cache[tuple(order)] = self.referee.messages(row.prompt, row.responses, order)
+        return [cache[tuple(order)] for order in orders]
 
     def score(self, episodes: Sequence[Episode], timer: PhaseTimer | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Rewards ``[N, G]`` (NaN: no reward) from every callback serving each episode's kind, and their metrics."""
@@ -269,10 +300,12 @@ class URPOModule(L.LightningModule):
         """One training sequence per completion that got a reward; unrewarded ones are left out of the loss."""
         sequences = []
         for i, episode in enumerate(episodes):
+            shared = [episode.meta.get("prompt_ids")] * len(episode.meta["completion_ids"])
+            prompts = episode.meta.get("completion_prompt_ids") or shared
             for j, completion_ids in enumerate(episode.meta["completion_ids"]):
                 if math.isnan(rewards[i, j].item()) or not completion_ids:
                     continue
-                sequences.append(TrainSequence(episode.meta["prompt_ids"], completion_ids, advantages[i, j].item(), i, j))
+                sequences.append(TrainSequence(prompts[j], completion_ids, advantages[i, j].item(), i, j))
         return sequences
 
     # ---- the update ---------------------------------------------------------------------------------------------

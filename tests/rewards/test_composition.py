@@ -56,13 +56,16 @@ def rows() -> list:
     ]
 
 
-def make_module(model_dir: str, rewards: list[RewardCallback], engine_factory=None) -> URPOModule:
+def make_module(
+    model_dir: str, rewards: list[RewardCallback], engine_factory=None, preference_orders: str = "mirrored"
+) -> URPOModule:
     class Module(URPOModule):
         def _build_engine(self):
             return engine_factory(self) if engine_factory else super()._build_engine()
 
     module = Module(
-        model=ModelArgs(name_or_path=model_dir), rewards=rewards, grpo=GRPOArgs(num_generations=G),
+        model=ModelArgs(name_or_path=model_dir), rewards=rewards,
+        grpo=GRPOArgs(num_generations=G, preference_orders=preference_orders),
         sampling=SamplingArgs(max_new_tokens=8), logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
     )  # fmt: skip
@@ -146,7 +149,8 @@ def test_scripted_step_rewards_every_kind_and_updates(tiny_model_dir: str, tmp_p
 
     preference = PreferenceReward(format_penalty=-0.5, consistency=consistency)
     rewards = [MathVerifier(), preference, SelfJudge(), LengthPenalty(per_char=0.0)]
-    module = make_module(tiny_model_dir, rewards, engine_factory=build)
+    # One shared order per preference group, so the scripted judge's k-th sample is the group's k-th judgment.
+    module = make_module(tiny_model_dir, rewards, engine_factory=build, preference_orders="shared")
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     metrics = fit_one_step(module, tmp_path)
     # The rollout, (the second judgments of the preference rows,) and ONE self-judging call.
@@ -162,3 +166,25 @@ def test_scripted_step_rewards_every_kind_and_updates(tiny_model_dir: str, tmp_p
     assert metrics["reward/self_judge/score_spread"] == pytest.approx(math.sqrt(1 / 6))
     assert metrics["reward/self_judge/parse_failure_rate"] == 0.0
     assert changed_fraction(before, module.policy) > 0.5
+
+
+@pytest.mark.parametrize("orders", ["shared", "mirrored"])
+def test_mirrored_orders_give_a_position_biased_judge_a_learning_signal(tiny_model_dir: str, tmp_path, orders) -> None:
+    # A referee that always names the first shown response: with one shared order its judgments of a row are all
+    # right or all wrong (zero advantage); mirrored, the same bias is right for one half of the group only.
+    engines: list[ScriptedEngine] = []
+
+    def biased(prompt: str, k: int) -> str:
+        return "<ranking>A > B</ranking>" if "[Response A]" in prompt else "\\boxed{4}"
+
+    def build(module: URPOModule) -> ScriptedEngine:
+        engines.append(ScriptedEngine(biased, tokenizer=module.tokenizer))
+        return engines[-1]
+
+    module = make_module(tiny_model_dir, [MathVerifier(), PreferenceReward(), SelfJudge()], build, orders)
+    metrics = fit_one_step(module, tmp_path)
+    assert engines[-1].calls[0][1] == (G if orders == "shared" else 1)  # the rollout: G of one prompt, or 1 of each
+    assert metrics["groups/preference_zero_variance_frac"] == (1.0 if orders == "shared" else 0.0)
+    # Mirrored with G = 3: two judgments see one order and one the reverse, so the bias scores 2/3 or 1/3.
+    expected = [0.0, 1.0] if orders == "shared" else [pytest.approx(1 / 3), pytest.approx(2 / 3)]
+    assert metrics["reward/preference_mean"] in expected

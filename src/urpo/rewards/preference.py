@@ -1,7 +1,8 @@
 """``PreferenceReward``: the referee trained against gold preferences (``preference`` rows).
 
 A preference row is rendered by the module as a judging task (its N responses in a shuffled presentation order,
-stored in ``episode.meta["order"]``); each of the G completions is a judgment. This callback parses each judgment
+stored per completion in ``episode.meta["orders"]``, or once in ``meta["order"]``); each of the G completions is a
+judgment. This callback parses each judgment
 with the module's :class:`~urpo.referee.RefereeTemplate`, maps it back through the shuffle and rewards its
 agreement with the gold order. See ``docs/referee.md`` for the formulas.
 """
@@ -167,7 +168,7 @@ class PreferenceReward(RewardCallback):
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
         template = self._template()
         first = [
-            [read_verdict(template, text, _order(e), prompt_text(e.messages)) for text in e.completions]
+            [read_verdict(template, text, order, self._prompt(e, order)) for text, order in zip(e.completions, _orders(e))]
             for e in episodes
         ]
         second = self._second_verdicts(episodes) if self.consistency else None
@@ -193,17 +194,37 @@ class PreferenceReward(RewardCallback):
             raise ConfigError(f"{self.name}: setup(module) was not called; the referee template comes from the module")
         return self.module.referee
 
+    def _prompt(self, episode: Episode, order: list[int]) -> str | None:
+        """The text of the judging prompt shown in ``order`` (for the echo check); None for unrendered episodes."""
+        if not episode.messages:
+            return None
+        if order == _order(episode):
+            return prompt_text(episode.messages)
+        return prompt_text(self._template().messages(episode.row.prompt, episode.row.responses, order))
+
     def _second_verdicts(self, episodes: Sequence[Episode]) -> list[list[Verdict]]:
-        """One extra judgment per completion, in the second order; all rows in one engine call."""
-        g = len(episodes[0].completions) if episodes else 0
-        orders = [self._second_order(_order(e)) for e in episodes]
-        messages = [self._template().messages(e.row.prompt, e.row.responses, o) for e, o in zip(episodes, orders)]
-        texts = generate_judgments(self.module, messages, g, self.module.sampling)
+        """One extra judgment per completion, in its second order; all rows in one engine call.
+
+        Episodes whose G judgments share one order get G samples of one second prompt; with mirrored orders each
+        completion's second order is derived from its own order, one sample each.
+        """
+        orders = [[self._second_order(o) for o in _orders(e)] for e in episodes]
+        shared = all(all(o == row[0] for o in row) for row in orders)
+        template, g = self._template(), len(episodes[0].completions) if episodes else 0
+        if shared:
+            messages = [template.messages(e.row.prompt, e.row.responses, row[0]) for e, row in zip(episodes, orders)]
+            texts = generate_judgments(self.module, messages, g, self.module.sampling)
+            prompts = [[prompt_text(m)] * g for m in messages]
+        else:
+            messages = [template.messages(e.row.prompt, e.row.responses, o) for e, row in zip(episodes, orders) for o in row]
+            texts = generate_judgments(self.module, messages, 1, self.module.sampling)
+            prompts = [[prompt_text(m) for m in messages[i * g : (i + 1) * g]] for i in range(len(episodes))]
         out = []
-        for i, (episode, order) in enumerate(zip(episodes, orders)):
-            episode.meta["second_order"], episode.meta["second_judgments"] = order, texts[i * g : (i + 1) * g]
-            prompt = prompt_text(messages[i])
-            out.append([read_verdict(self._template(), t, order, prompt) for t in texts[i * g : (i + 1) * g]])
+        for i, episode in enumerate(episodes):
+            mine = texts[i * g : (i + 1) * g]
+            episode.meta["second_order"], episode.meta["second_orders"] = orders[i][0], orders[i]
+            episode.meta["second_judgments"] = mine
+            out.append([read_verdict(template, t, o, p) for t, o, p in zip(mine, orders[i], prompts[i])])
         return out
 
     def _second_order(self, order: list[int]) -> list[int]:
@@ -236,6 +257,14 @@ class PreferenceReward(RewardCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "rng" in state:
             self.rng.setstate(as_rng_state(state["rng"]))
+
+
+def _orders(episode: Episode) -> list[list[int]]:
+    """The presentation order of each completion: ``meta["orders"]``, else ``meta["order"]`` for all of them."""
+    orders = episode.meta.get("orders")
+    if orders is not None:
+        return [list(o) for o in orders]
+    return [_order(episode)] * len(episode.completions)
 
 
 def _order(episode: Episode) -> list[int]:
