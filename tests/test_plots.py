@@ -62,8 +62,8 @@ def test_every_panel_is_drawn_when_every_metric_is_logged(tmp_path):
 
 
 def test_panels_whose_metrics_are_missing_or_all_nan_are_left_out(tmp_path):
-    metrics = write_metrics(tmp_path / "run" / "metrics.csv", ["reward/verifiable_mean", "train/kl", "completion/length_mean"],
-                            blank=("train/kl",))  # fmt: skip
+    columns = ["reward/verifiable_mean", "train/kl", "completion/length_mean"]
+    metrics = write_metrics(tmp_path / "run" / "metrics.csv", columns, blank=("train/kl",))
     drawn = draw_curves(metrics, tmp_path / "out" / "two.png", title="two panels")
     assert drawn == ["reward per kind (mean ± std)", "completion length"]
     full = draw_curves(write_metrics(tmp_path / "full" / "metrics.csv", EVERY_METRIC))
@@ -116,7 +116,7 @@ def test_urpo_plot_picks_the_newest_version_and_honours_output(tmp_path, capsys)
     ("make", "message"),
     [
         (lambda d: d / "missing", r"run folder .*missing does not exist"),
-        (lambda d: d, r"holds no metrics.csv, neither itself nor in version_N folders; runs are in its subfolders demo"),
+        (lambda d: d, r"holds no metrics.csv, neither itself nor in version_N folders; runs are in .* demo: pass"),
         (lambda d: write_metrics(d / "metrics.csv", ["loss", "acc"]), r"none of the columns urpo plots"),
         (lambda d: (d / "metrics.csv").write_text("loss,acc\n1,2\n") and d, r"no 'step' column"),
     ],
@@ -162,10 +162,18 @@ def test_curves_can_be_turned_off_in_the_config(tiny_model_dir, tmp_path, capsys
     assert "curves:      off" in capsys.readouterr().out
 
 
+def test_a_picture_name_it_cannot_draw_fails_at_config_time(tiny_model_dir, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "tests/configs/tiny.yaml"),
+                          "--model.model.name_or_path", tiny_model_dir, "--curves.filename", "curves.txt"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert out.returncode != 0
+    assert "curves.filename must end with .png, .svg, .pdf, got 'curves.txt'" in out.stderr
+
+
 class LoggingModel(BoringModel):
     """Logs urpo-named metrics; raises at step ``fail_at``."""
 
-    def __init__(self, names: tuple[str, ...] = ("train/entropy", "completion/length_mean"), fail_at: int | None = None):
+    def __init__(self, names: tuple[str, ...] = ("train/entropy", "completion/length_mean"), fail_at=None):
         super().__init__()
         self.names, self.fail_at = names, fail_at
 

@@ -26,6 +26,7 @@ from urpo.data.schema import ROW_KINDS
 from urpo.errors import ConfigError, DataError, URPOError
 
 CURVES_FILE = "curves.png"
+CALLBACK_FORMATS = (".png", ".svg", ".pdf")
 Series = dict[str, tuple[list[float], list[float]]]  # metric -> (steps, values)
 
 
@@ -63,7 +64,7 @@ PANELS: tuple[Panel, ...] = (
 
 
 def read_metrics(path: str | Path) -> Series:
-    """Every metric of a Lightning ``metrics.csv`` as (steps, values); empty cells and non-finite values are left out."""
+    """Every metric of a Lightning ``metrics.csv`` as (steps, values), leaving out empty cells and non-finite values."""
     path = Path(path)
     if not path.is_file():
         raise DataError("no such file", source=str(path))
@@ -102,7 +103,7 @@ def draw_curves(metrics: str | Path, output: str | Path | None = None, title: st
     series = read_metrics(metrics)
     chosen = [(panel, lines) for panel in PANELS if (lines := panel.lines(list(series)))]
     if not chosen:
-        wanted = ", ".join(["reward/<kind>_mean", "groups/zero_variance_frac", "train/entropy", "completion/length_mean"])
+        wanted = "reward/<kind>_mean, groups/zero_variance_frac, train/entropy, completion/length_mean"
         raise DataError(f"none of the columns urpo plots ({wanted}, ...): is this the metrics of a urpo run?",
                         source=str(metrics))  # fmt: skip
     columns = min(3, len(chosen))
@@ -168,10 +169,12 @@ class CurvesCallback(Callback):
 
     Args:
         enabled: draw at all.
-        filename: the picture's file name, next to ``metrics.csv``; its suffix picks the format (.png, .svg, .pdf).
+        filename: the picture's file name, next to ``metrics.csv``; its suffix (.png, .svg or .pdf) picks the format.
     """
 
     def __init__(self, enabled: bool = True, filename: str = CURVES_FILE) -> None:
+        if Path(filename).suffix.lower() not in CALLBACK_FORMATS:  # fail at config time, not after the training
+            raise ConfigError(f"curves.filename must end with {', '.join(CALLBACK_FORMATS)}, got {filename!r}")
         self.enabled, self.filename = enabled, filename
         self.paths: list[Path] = []  # the pictures written by the last draw
         self.note = "off" if not enabled else "not drawn yet"
@@ -192,11 +195,13 @@ class CurvesCallback(Callback):
         if not loggers:
             self.note = "not drawn (needs a CSV logger)"
             return []
-        self.paths = []
+        self.paths, self.note = [], "not drawn (no metrics.csv yet)"
         for logger in loggers:
             try:
                 logger.save()  # flush metrics still buffered (flush_logs_every_n_steps)
                 metrics = Path(logger.experiment.metrics_file_path)
+                if not metrics.is_file():  # nothing logged yet, or a remote save_dir
+                    continue
                 draw_curves(metrics, metrics.parent / self.filename)
                 self.paths.append(metrics.parent / self.filename)
             except ImportError as err:
@@ -241,7 +246,7 @@ def find_metrics(run_dir: str | Path) -> tuple[Path, str | None]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="urpo plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run folder (holding metrics.csv), or a parent of version_N folders")
-    parser.add_argument("--output", default=None, help=f"the picture to write (default: {CURVES_FILE} next to metrics.csv)")
+    parser.add_argument("--output", default=None, help=f"the picture to write (default: {CURVES_FILE} by metrics.csv)")
     return parser
 
 
