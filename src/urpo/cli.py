@@ -17,10 +17,16 @@ from lightning.pytorch.cli import LightningCLI
 
 from urpo.data.datamodule import URPODataModule
 from urpo.module import URPOModule
+from urpo.plots import CurvesCallback
 
 
 class URPOCLI(LightningCLI):
-    """LightningCLI that reports where a run's metrics, checkpoints and exported model landed."""
+    """LightningCLI that draws a run's curves and reports where its metrics, checkpoints and exported model landed."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The config's `curves` section: on in every run, off with `curves: {enabled: false}` (a callback in
+        # trainer_defaults could not be turned off from YAML).
+        parser.add_lightning_class_args(CurvesCallback, "curves")
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -30,6 +36,7 @@ class URPOCLI(LightningCLI):
         ckpt = trainer.checkpoint_callback
         lines = [
             f"metrics:     {log_dir / 'metrics.csv'}",
+            f"curves:      {next((c.note for c in trainer.callbacks if isinstance(c, CurvesCallback)), 'off')}",
             f"samples:     {log_dir / 'samples.jsonl'}",
             f"checkpoints: {ckpt.dirpath if ckpt is not None else 'off'}",
         ]
@@ -43,6 +50,7 @@ class URPOCLI(LightningCLI):
 EXTRA_COMMANDS = {
     "data": "urpo.data.inspect:main",
     "eval-referee": "urpo.referee_eval:main",
+    "plot": "urpo.plots:main",
 }
 
 
