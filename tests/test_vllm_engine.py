@@ -326,7 +326,9 @@ def test_three_kinds_train_with_vllm_and_the_self_judge_uses_the_engine(vllm_mod
     rewards = [_length_reward(), PreferenceReward(), SelfJudge()]
     trainer, module = _fit(vllm_model_dir, tmp_path, "32-true", steps=2, rows=rows, rewards=rewards, batch_size=4)
     assert trainer.global_step == 2
-    # Per step: the player rollout (n = G) and one batched self-judge call (n = 1) on the same vLLM engine.
-    assert calls == [4, 1, 4, 1]
+    # Per step: the player rollout and one batched self-judge call (n = 1) on the same vLLM engine. The preference
+    # row shows its G judgments mirrored orders (grpo.preference_orders), so the rollout asks for one sample of each
+    # completion's own prompt (n = 1) rather than G samples of one prompt per row.
+    assert calls == [1, 1, 1, 1]
     assert float(trainer.callback_metrics["mismatch/logp_abs_diff"]) < 1e-4
     module.engine.close()
