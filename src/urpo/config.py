@@ -52,6 +52,10 @@ class GRPOArgs:
     their group got the same reward: common, the motivation of DAPO's dynamic sampling). Their gradient is exactly
     zero and their tokens still count in the loss normaliser, so the update is the same, only cheaper. Update
     metrics (entropy, clip fractions, ratios) then describe the completions trained on."""
+    max_stalled_steps: int | None = 4
+    """Stop the run with an error after this many batches in a row end without an optimizer step, because no
+    completion got a reward (all NaN) or the gradient was not finite; such batches do not count towards
+    ``max_steps``, so without this bound a reward that never works would keep a run sampling forever. None: never."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -60,6 +64,8 @@ class GRPOArgs:
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.max_stalled_steps is not None and self.max_stalled_steps < 1:
+            raise ValueError(f"max_stalled_steps must be >= 1 or None, got {self.max_stalled_steps}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from urpo.data.mixture import Cursor, MemoryCursor, Mixer, StreamCursor, kind_quotas
@@ -187,7 +188,10 @@ class URPODataModule(L.LightningDataModule):
     # ---- loaders and state ---------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_BatchStream(self), batch_size=None, collate_fn=_identity)
+        # Every new iterator of a DataLoader draws a worker base seed from its generator. With the default (the
+        # global RNG) the iterator a resumed run creates after the checkpoint's RNG state was restored would shift
+        # every later sample; a private generator leaves the global stream as the straight run has it.
+        return DataLoader(_BatchStream(self), batch_size=None, collate_fn=_identity, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")
