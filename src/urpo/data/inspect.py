@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 
 from urpo.data.mixture import MemoryCursor
+from urpo.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,9 +32,11 @@ def _pop_int(argv: list[str], flag: str, default: int) -> int:
     if flag not in argv:
         return default
     position = argv.index(flag)
-    value = int(argv[position + 1])
+    text = argv[position + 1] if position + 1 < len(argv) else None
+    if text is None or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"urpo data {flag} needs a positive whole number, e.g. {flag} {default}; got {text!r}")
     del argv[position : position + 2]
-    return value
+    return int(text)
 
 
 def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> str:
