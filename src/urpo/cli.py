@@ -64,6 +64,16 @@ class URPOCLI(LightningCLI):
         # trainer_defaults could not be turned off from YAML).
         parser.add_lightning_class_args(CurvesCallback, "curves")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if isinstance(error, URPOError):
+                raise
+            # The argument dataclasses (GRPOArgs, SamplingArgs, ...) check their ranges with ValueError while the
+            # config is turned into objects: that is a bad config, reported as one.
+            raise ConfigError(f"config: {error}") from error
+
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(PreemptionCheckpoint())  # SIGTERM saves a checkpoint and exits 143
@@ -121,8 +131,12 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def run(argv: list[str]) -> None:
-    """Run one ``urpo`` command; errors propagate (see :func:`main` for how the console script reports them)."""
+def main(args: list[str] | None = None) -> None:
+    """Run one ``urpo`` command (``args`` as on the command line; default ``sys.argv[1:]``); errors propagate.
+
+    The console script is :func:`console_main`, which reports urpo's own errors in one line.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in EXTRA_COMMANDS:
         module_name, function = EXTRA_COMMANDS[argv[0]][0].split(":")
         getattr(importlib.import_module(module_name), function)(argv[1:])
@@ -142,14 +156,11 @@ def exit_code(error: BaseException) -> int | None:
     return None
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``urpo`` console script: fit/validate/test, plus ``data``, ``eval-referee`` and ``plot``.
-
-    urpo's own errors become one line on stderr and exit status 2 (bad config or data) or 1 (failure).
-    """
-    argv = sys.argv[1:] if args is None else list(args)
+def console_main(args: list[str] | None = None) -> None:
+    """Entry point of the ``urpo`` console script: :func:`main`, with urpo's own errors as one line on stderr and
+    exit status 2 (bad config or data) or 1 (failure); ``URPO_TRACEBACK=1`` re-raises them with their traceback."""
     try:
-        run(argv)
+        main(args)
     except Exception as error:
         code = exit_code(error)
         if code is None or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
@@ -160,4 +171,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    console_main(sys.argv[1:])

@@ -64,6 +64,16 @@ class GRPOArgs:
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 <= self.epsilon_low < 1:
+            raise ValueError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - epsilon_low), got {self.epsilon_low}")
+        if self.epsilon_high < 0:
+            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.max_tokens_per_micro_batch < 1:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 1, got {self.max_tokens_per_micro_batch}")
         if self.max_stalled_steps is not None and self.max_stalled_steps < 1:
             raise ValueError(f"max_stalled_steps must be >= 1 or None, got {self.max_stalled_steps}")
 

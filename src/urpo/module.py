@@ -34,6 +34,7 @@ from urpo.referee import RefereeTemplate, shuffled_order
 from urpo.rewards.base import Episode, RewardCallback, checked_result, combine_rewards
 from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs
 from urpo.sequences import TrainSequence, completion_logits, token_logprobs
+from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 from urpo.timing import PhaseTimer
 from urpo.update import UpdatePlan, entropy_of
 
@@ -113,6 +114,10 @@ class URPOModule(L.LightningModule):
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ConfigError(f"reward callbacks need distinct names (set name=...), got {names}")
+
+    def setup(self, stage: str) -> None:
+        # Lightning sets the data up before the model loads: a row kind no reward serves fails here, not in step 1.
+        check_rewards_serve_data(self.rewards, kinds_in_data(self.trainer.datamodule, stage))
 
     def configure_model(self) -> None:
         """Load the policy (and the reference policy when ``beta > 0``); Lightning calls this under the strategy.

@@ -13,6 +13,7 @@ from collections import Counter
 
 from urpo.data.mixture import MemoryCursor
 from urpo.errors import ConfigError
+from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +47,7 @@ def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> 
     trainer.strategy.connect(module)
     datamodule.trainer = trainer
     datamodule.setup("fit")
+    check_rewards_serve_data(module.rewards, kinds_in_data(datamodule, "fit"))
     mixer = datamodule.mixer
     lines = ["sources:"]
     for kind, cursors in mixer.cursors.items():
