@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.test_cli import exported_weights, run_fit
@@ -68,3 +69,46 @@ def test_resume_from_a_checkpoint_reproduces_the_straight_run(tiny_model_dir, tm
     resumed = exported_weights(logs[1] / "version_1" / "hf_model")
     for name, tensor in exported_weights(logs[0] / "version_0" / "hf_model").items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_the_straight_run(tiny_model_dir, tmp_path):
+    """SIGKILL mid-run, then ``--ckpt_path last``: the steps after the checkpoint are redone exactly as a straight
+    run makes them (the killed run's own attempt at them is lost with it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_cli import ROOT, fit_args
+
+    steps = 6
+    run_fit(tiny_model_dir, tmp_path / "straight", "--trainer.max_steps", str(steps),
+            *_reward_args(tmp_path / "straight.jsonl"))  # fmt: skip
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "urpo.cli", *fit_args(tiny_model_dir, killed, "--trainer.max_steps", "1000"),
+               *_reward_args(tmp_path / "killed.jsonl")]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoints" / "epoch=0-step=2.ckpt").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 2 <= saved < steps
+    run_fit(tiny_model_dir, killed, "--ckpt_path", "last", "--trainer.max_steps", str(steps),
+            *_reward_args(tmp_path / "resumed.jsonl"))  # fmt: skip
+
+    straight, resumed = _steps(tmp_path / "straight.jsonl"), _steps(tmp_path / "resumed.jsonl")
+    assert len(resumed) == steps - saved
+    assert resumed == straight[saved:]
+    straight_metrics = _metrics(tmp_path / "straight" / "tiny" / "version_0" / "metrics.csv")
+    resumed_metrics = _metrics(killed / "tiny" / "version_1" / "metrics.csv")
+    assert sorted(resumed_metrics) == list(range(saved, steps))
+    for step, values in resumed_metrics.items():
+        assert values == straight_metrics[step], f"metrics of step {step}"
+    final = exported_weights(killed / "tiny" / "version_1" / "hf_model")
+    for name, tensor in exported_weights(tmp_path / "straight" / "tiny" / "version_0" / "hf_model").items():
+        torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)
