@@ -71,3 +71,12 @@ def test_a_nan_reward_is_still_allowed_as_no_reward(tiny_model_dir):
     assert checked_result(module.rewards[0], result, episodes, 4) is result
     with pytest.raises(RewardError, match=r"shape \(1, 3\), expected \(1, 4\)"):
         checked_result(module.rewards[0], RewardResult(torch.zeros(1, 3)), episodes, 4)
+
+
+def test_outcome_of_an_update():
+    from urpo.progress import outcome
+
+    assert outcome({"train/empty_updates": 1.0}, 0, 1) == EMPTY
+    assert outcome({"train/grad_norm": float("nan")}, 1, 1) == NON_FINITE
+    assert outcome({"train/grad_norm": 0.5}, 1, 2) is None  # one of two optimizer steps happened: progress
+    assert outcome({"train/grad_norm": 0.5}, 0, 1) is None

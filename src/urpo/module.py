@@ -201,12 +201,8 @@ class URPOModule(L.LightningModule):
         with timer("update"):
             update_metrics = self.update(sequences, correction.behaviour_rows(episodes, sequences))
         metrics = step_metrics.step_metrics(episodes, rewards, advantages, self.tokenizer, self.sampling)
-        self.progress.record(
-            progress.EMPTY if "train/empty_updates" in update_metrics
-            else progress.NON_FINITE if self.skipped_steps - skipped_before >= self.grpo.num_iterations
-            else None,
-            metrics["reward/missing_frac"], [r.name for r in self.rewards],
-        )  # fmt: skip
+        outcome = progress.outcome(update_metrics, self.skipped_steps - skipped_before, self.grpo.num_iterations)
+        self.progress.record(outcome, metrics["reward/missing_frac"], [r.name for r in self.rewards])
         metrics.update(reward_metrics)
         metrics.update(update_metrics)
         metrics.update(timer.metrics(completion_tokens=metrics["completion/tokens"]))

@@ -20,6 +20,13 @@ NON_FINITE = "non-finite"
 """Outcome of a batch whose gradient norm was inf or NaN: the optimizer step was skipped."""
 
 
+def outcome(update_metrics: dict[str, float], skipped_optimizer_steps: int, num_iterations: int) -> str | None:
+    """How a batch's update ended: None if it made an optimizer step, else :data:`EMPTY` or :data:`NON_FINITE`."""
+    if "train/empty_updates" in update_metrics:
+        return EMPTY
+    return NON_FINITE if skipped_optimizer_steps >= num_iterations else None
+
+
 @dataclass
 class ProgressGuard:
     """Counts consecutive batches without an optimizer step and raises :class:`StalledRunError` at ``limit``.
@@ -64,4 +71,4 @@ class ProgressGuard:
         )
 
 
-__all__ = ["EMPTY", "NON_FINITE", "ProgressGuard"]
+__all__ = ["EMPTY", "NON_FINITE", "ProgressGuard", "outcome"]
