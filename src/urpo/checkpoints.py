@@ -51,7 +51,8 @@ def newest_readable(trainer: Any) -> str | None:
     the unreadable ones skipped. None when there is no checkpoint at all (Lightning then starts from scratch)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    folders = {Path(cb.dirpath) for cb in callbacks}
     found = [p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.suffix == ".ckpt"]
     if not found:
         return None

@@ -65,7 +65,7 @@ class GRPOArgs:
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not 0 <= self.epsilon_low < 1:
-            raise ValueError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - epsilon_low), got {self.epsilon_low}")
+            raise ValueError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - it), got {self.epsilon_low}")
         if self.epsilon_high < 0:
             raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
         if self.dual_clip is not None and self.dual_clip <= 1:

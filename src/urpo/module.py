@@ -461,7 +461,8 @@ class URPOModule(L.LightningModule):
     ) -> None:
         every = self.logging_args.samples_every_n_steps
         if every and self.global_rank == 0 and step % every == 0:
-            step_metrics.write_samples(self.trainer, episodes, rewards, advantages, self.logging_args.samples_per_kind, step)
+            per_kind = self.logging_args.samples_per_kind
+            step_metrics.write_samples(self.trainer, episodes, rewards, advantages, per_kind, step)
 
     def on_fit_end(self) -> None:
         from urpo.export import export_policy, resolve_export_dir
