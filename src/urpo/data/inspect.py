@@ -47,7 +47,6 @@ def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> 
     trainer.strategy.connect(module)
     datamodule.trainer = trainer
     datamodule.setup("fit")
-    check_rewards_serve_data(module.rewards, kinds_in_data(datamodule, "fit"))
     mixer = datamodule.mixer
     lines = ["sources:"]
     for kind, cursors in mixer.cursors.items():
@@ -55,6 +54,12 @@ def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> 
             size = f"{len(cursor.rows)} rows" if isinstance(cursor, MemoryCursor) else "streamed"
             lines.append(f"  {kind:<11} weight {weight:<5g} {size}")
     lines.append(f"rows per batch: {dict(mixer.quotas)} (batch_size {datamodule.batch_size})")
+    try:  # the check `urpo fit` makes before loading the model; an inspection shows it and goes on
+        check_rewards_serve_data(module.rewards, kinds_in_data(datamodule, "fit"))
+        served = [f"{reward.name} ({'/'.join(reward.kinds)})" for reward in module.rewards]
+        lines.append(f"rewards: {', '.join(served)}")
+    except ConfigError as error:
+        lines.append(f"rewards: PROBLEM: {error}")
     drawn = [mixer.next_batch() for _ in range(batches)]
     per_source = Counter((row.kind, row.source) for batch in drawn for row in batch)
     lines.append(f"first {batches} batches drew:")
