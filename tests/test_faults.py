@@ -322,3 +322,17 @@ def test_sigterm_saves_a_checkpoint_at_the_step_boundary_and_exits_non_zero(tiny
     rows = (tmp_path / "tiny" / "version_1" / "metrics.csv").read_text().splitlines()
     steps = {int(line.split(",")[rows[0].split(",").index("step")]) for line in rows[1:]}
     assert steps == {saved}
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_skips_a_cut_short_last_checkpoint(tiny_model_dir, tmp_path):
+    from tests.test_cli import run_fit
+
+    run_fit(tiny_model_dir, tmp_path, "--trainer.max_steps", "2")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # as a full disk or an interrupted copy leaves it
+    with pytest.warns(UserWarning, match=r"skipped .*last.ckpt \(is truncated.*resuming from .*epoch=0-step=2.ckpt"):
+        run_fit(tiny_model_dir, tmp_path, "--ckpt_path", "last", "--trainer.max_steps", "3")
+    rows = (tmp_path / "tiny" / "version_1" / "metrics.csv").read_text().splitlines()
+    steps = {int(line.split(",")[rows[0].split(",").index("step")]) for line in rows[1:]}
+    assert steps == {2}
