@@ -1,0 +1,116 @@
+"""Where the preference rows' signal is lost: referee-only GRPO from one warm start, one setting changed at a time.
+
+``python -m tools.evidence.diagnose --warm build/evidence/warm_start_0`` trains the referee run (preference rows
+only, :func:`tools.evidence.runs.train_run`) once per variant and prints, per variant, what GRPO saw (the share of
+preference groups whose G rewards are all equal, so that every advantage is 0; the mean within-group spread of the
+rewards; the judgments' sampled accuracy) and what it achieved (held-out judging accuracy before and after).
+Results go to ``docs/evidence/diagnosis.json`` and ``diagnosis.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tools.evidence.runs import RLConfig
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "as_documented": {},
+    "shared_orders": {"preference_orders": "shared"},
+    "temperature_0.3": {"temperature": 0.3},
+    "lr_2e-4": {"lr": 2e-4},
+    "rows_x3": {"referee_rows": 6},
+    "rows_x3_lr_2e-4": {"referee_rows": 6, "lr": 2e-4},
+}
+"""One setting changed at a time from the documented run (2 preference rows per step, G = 4, mirrored orders,
+rollouts at temperature 1.0, AdamW at 5e-5), plus the combination that the single changes point to."""
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v == v]  # NaN-free
+    return statistics.fmean(values) if values else None
+
+
+def signal(steps: list[dict[str, float]], start: int, stop: int) -> dict[str, float | None]:
+    """What GRPO saw on the preference rows over steps ``[start, stop)``."""
+    window = steps[start:stop]
+    pick = lambda key: _mean([s[key] for s in window if key in s])  # noqa: E731
+    return {
+        "zero_variance_frac": pick("groups/preference_zero_variance_frac"),
+        "group_spread": pick("reward/preference_group_spread"),
+        "sampled_accuracy": pick("reward/preference_reward/referee_accuracy"),
+        "parse_failure_rate": pick("reward/preference_reward/parse_failure_rate"),
+        "rows_per_step": pick("rows/preference"),
+    }
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    steps, history = result["steps"], result["history"]
+    third = max(len(steps) // 3, 1)
+    return {
+        "first_third": signal(steps, 0, third), "last_third": signal(steps, len(steps) - third, len(steps)),
+        "judging_curve": [(h["step"], h["referee_accuracy"]) for h in history],
+        "judging_gain": history[-1]["referee_accuracy"] - history[0]["referee_accuracy"],
+        "seconds": result["seconds"],
+    }  # fmt: skip
+
+
+def markdown(rows: dict[str, dict[str, Any]]) -> str:
+    head = ["variant", "settings", "seed", "zero-variance groups", "reward spread", "sampled acc. (first → last third)",
+            "held-out judging (start → end)", "gain (points)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        f, last = row["first_third"], row["last_third"]
+        curve = row["judging_curve"]
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        lines.append("| " + " | ".join([
+            row["variant"], json.dumps(row["settings"]) or "{}", str(row["seed"]), pct(_mean([f["zero_variance_frac"], last["zero_variance_frac"]])),
+            "n/a" if f["group_spread"] is None else f"{f['group_spread']:.3f}", f"{pct(f['sampled_accuracy'])} → {pct(last['sampled_accuracy'])}",
+            f"{pct(curve[0][1])} → {pct(curve[-1][1])}", f"{100 * row['judging_gain']:+.1f}",
+        ]) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from tools.evidence.run import schedule
+    from tools.evidence.world import WorldConfig, write_world
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warm", type=Path, required=True, help="a warm start folder (tools.evidence.warm_start)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=RLConfig.steps)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("build/evidence"))
+    parser.add_argument("--out", type=Path, default=Path("docs/evidence"))
+    args = parser.parse_args(argv)
+    files = {k: str(v) for k, v in write_world(args.work / "world", WorldConfig()).items()}
+    tasks = {}
+    for name in args.variants:
+        for seed in args.seeds:
+            rl = replace(RLConfig(steps=args.steps), **VARIANTS[name])
+            tasks[f"{name}/{seed}"] = {"kind": "referee", "seed": seed, "warm_dir": str(args.warm), "files": files,
+                                       "rl": asdict(rl), "deps": []}  # fmt: skip
+    start = time.time()
+    results = schedule(tasks, args.workers)
+    rows = {key: {"variant": key.split("/")[0], "seed": results[key]["seed"], "settings": VARIANTS[key.split("/")[0]],
+                  **summarize(results[key])} for key in tasks}  # fmt: skip
+    document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "diagnosis.json").write_text(json.dumps(document, indent=1) + "\n")
+    (args.out / "diagnosis.md").write_text(markdown(rows))
+    print(markdown(rows))
+    return document
+
+
+if __name__ == "__main__":
+    main()
