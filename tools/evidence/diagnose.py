@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -64,6 +65,46 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def solve_prompt(prompt: str) -> int:
+    a, op, b = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", prompt).groups()
+    return int(a) + int(b) if op == "+" else int(a) - int(b)
+
+
+def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
+    """Why held-out judgments are wrong: the referee's own answer (the first ``\\boxed{}`` of a judgment) against
+    the truth, and its ranking against its own answer (greedy, both presentation orders)."""
+    from transformers import AutoModelForCausalLM
+
+    from tools.evidence.evaluate import HeldOut, answer_of, greedy
+    from tools.evidence.world import REFEREE
+    from urpo.models import ModelArgs, load_tokenizer
+    from urpo.prompts import render_chat
+    from urpo.ranking import pairwise_accuracy
+    from urpo.referee_eval import judging_prompts
+    from urpo.rewards.preference import read_verdict
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(ModelArgs(name_or_path=model_dir))
+    rows = HeldOut.load(files).preference
+    prompts = judging_prompts(rows, REFEREE, lambda m: render_chat(tokenizer, m))
+    texts = greedy(model, tokenizer, prompts, max_new_tokens=32)
+    own_right = right = right_own_right = first_named_a = 0
+    for i, text in enumerate(texts):
+        row, order = rows[i // 2], ([0, 1] if i % 2 == 0 else [1, 0])
+        own = answer_of(text.split(" ")[0])
+        verdict = read_verdict(REFEREE, text, order, prompts[i])
+        correct = verdict.parsed and pairwise_accuracy(verdict.tiers, row.scores) == 1.0
+        own_is_right = own == solve_prompt(row.prompt)
+        own_right += own_is_right
+        right += correct
+        right_own_right += correct and own_is_right
+        first_named_a += verdict.parsed and set(verdict.tiers[0]) == {order[0]}
+    n = len(texts)
+    return {"judging_accuracy": right / n, "own_answer_right": own_right / n,
+            "accuracy_when_own_right": right_own_right / max(own_right, 1),
+            "names_first_shown_first": first_named_a / n}  # fmt: skip
+
+
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
     head = ["variant", "settings", "seed", "zero-variance groups", "reward spread", "sampled acc. (first → last third)",
             "held-out judging (start → end)", "gain (points)"]  # fmt: skip
@@ -99,16 +140,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in args.seeds:
             rl = replace(RLConfig(steps=args.steps), **VARIANTS[name])
             tasks[f"{name}/{seed}"] = {"kind": "referee", "seed": seed, "warm_dir": str(args.warm), "files": files,
-                                       "rl": asdict(rl), "deps": []}  # fmt: skip
+                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{name}_{seed}")}  # fmt: skip
     start = time.time()
     results = schedule(tasks, args.workers)
     rows = {key: {"variant": key.split("/")[0], "seed": results[key]["seed"], "settings": VARIANTS[key.split("/")[0]],
                   **summarize(results[key])} for key in tasks}  # fmt: skip
-    document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows}
+    for key, task in tasks.items():
+        rows[key]["anatomy_after"] = anatomy(task["save_dir"], files)
+    warm = anatomy(str(args.warm), files)
+    document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows,
+                "warm_anatomy": warm}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "diagnosis.json").write_text(json.dumps(document, indent=1) + "\n")
     (args.out / "diagnosis.md").write_text(markdown(rows))
     print(markdown(rows))
+    print("warm start:", warm)
+    for key, row in rows.items():
+        print(key, row["anatomy_after"])
     return document
 
 
