@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import statistics
 import sys
@@ -105,6 +106,34 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
             "names_first_shown_first": first_named_a / n}  # fmt: skip
 
 
+def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) -> Path:
+    """A copy of a warm start taught to always rank the FIRST shown answer best (its own answer and checks kept):
+    a judge at chance, 50% over both orders, like the warm start one AVX-512 CPU produced. Reused when present."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tools.evidence.warm_start import WarmStartConfig, encode, judge_example, train_cycle
+    from tools.evidence.world import REFEREE, WorldConfig, split_problems
+    from urpo.models import ModelArgs, load_tokenizer
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(warm_dir)
+    tokenizer = load_tokenizer(ModelArgs(name_or_path=str(warm_dir)))
+    rng, problems, cfg = random.Random(f"biased:{seed}"), split_problems(WorldConfig()).get("warm"), WarmStartConfig()
+    data = []
+    for _ in range(steps * cfg.batch_size):
+        messages, target = judge_example(rng.choice(problems), 0.0, rng)
+        biased = re.sub(r"<ranking>.*</ranking>", f"{REFEREE.open_tag}A > B{REFEREE.close_tag}", target)
+        data.append(encode(tokenizer, messages, biased))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr / 2, weight_decay=0.01)
+    train_cycle(model, optimizer, data, steps, cfg.lr / 2, tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
     head = ["variant", "settings", "seed", "zero-variance groups", "reward spread", "sampled acc. (first → last third)",
             "held-out judging (start → end)", "gain (points)"]  # fmt: skip
@@ -127,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=Path, required=True, help="a warm start folder (tools.evidence.warm_start)")
+    parser.add_argument("--position-biased", action="store_true",
+                        help="first teach the warm start to always rank the first shown answer best (a judge at chance)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=RLConfig.steps)
@@ -135,12 +166,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("docs/evidence"))
     args = parser.parse_args(argv)
     files = {k: str(v) for k, v in write_world(args.work / "world", WorldConfig()).items()}
+    if args.position_biased:
+        args.warm = position_biased(args.warm, args.work / f"{args.warm.name}_position_biased")
     tasks = {}
     for name in args.variants:
         for seed in args.seeds:
             rl = replace(RLConfig(steps=args.steps), **VARIANTS[name])
             tasks[f"{name}/{seed}"] = {"kind": "referee", "seed": seed, "warm_dir": str(args.warm), "files": files,
-                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{name}_{seed}")}  # fmt: skip
+                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}")}  # fmt: skip
     start = time.time()
     results = schedule(tasks, args.workers)
     rows = {key: {"variant": key.split("/")[0], "seed": results[key]["seed"], "settings": VARIANTS[key.split("/")[0]],
@@ -151,8 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows,
                 "warm_anatomy": warm}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "diagnosis.json").write_text(json.dumps(document, indent=1) + "\n")
-    (args.out / "diagnosis.md").write_text(markdown(rows))
+    stem = "diagnosis_position_biased" if args.position_biased else "diagnosis"
+    (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(rows))
     print(markdown(rows))
     print("warm start:", warm)
     for key, row in rows.items():
