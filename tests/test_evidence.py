@@ -97,7 +97,8 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
     tiny = WarmStartConfig(hidden=32, steps=2, batch_size=4, extra_steps=1, max_extra_cycles=1)
     with pytest.raises(WarmStartError, match=r"missed its targets after 3 steps: open_accuracy 0\.000 < 0\.50"):
         build_warm_start(tmp_path / "bad", 0, tiny)
-    assert not (tmp_path / "bad" / "warm_start.json").exists()
+    assert not (tmp_path / "bad" / "warm_start.json").exists()  # never reused...
+    assert "missed its targets" in (tmp_path / "bad" / "warm_start_failed.json").read_text()  # ...but kept to inspect
     lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0)
     first = build_warm_start(tmp_path / "ok", 0, lenient)
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
