@@ -132,6 +132,7 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                                 "both." if meta["warm_per_seed"] else
                                 "shared by all seeds (its greedy scores do not vary: std 0)."),
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es).",
+        *([meta["note"]] if meta.get("note") else []),
     ]  # fmt: skip
     return "\n".join(lines + notes + judging_table(summary.get("judging_curves", {}), meta) + claims_table(summary)) + "\n"
 
