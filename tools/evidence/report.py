@@ -43,7 +43,9 @@ def final_scores(results: dict[str, dict], run: str, seed: int, warm_seed: int) 
 def truth_agreement(results: dict[str, dict], run: str, seed: int) -> float | None:
     """Mean over training steps of how often the open-row rewards ordered answers as the truth does."""
     key = f"reward/{JUDGE_NAMES[run]}/truth_agreement"
-    values = [s[key] for s in results[f"{run}/{seed}"]["steps"] if key in s and not math.isnan(s[key])]
+    result = results[f"{run}/{seed}"]
+    rows = result["steps"] if "steps" in result else result["blocks"]  # blocks: a saved results.json, re-summarised
+    values = [s[key] for s in rows if s.get(key) is not None and not math.isnan(s[key])]
     return statistics.fmean(values) if values else None
 
 
