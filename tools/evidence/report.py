@@ -197,7 +197,7 @@ BLOCK_STEPS = 10
 
 def _rounded(value: Any) -> Any:
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 4)
+        return None if math.isnan(value) else round(value, 6)
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
