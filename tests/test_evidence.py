@@ -143,3 +143,18 @@ def test_paired_test_and_step_blocks():
     assert paired_test([0.1])["t"] is None
     steps = [{"step": i + 1, "x": float(i)} for i in range(25)] + [{"step": 26, "x": float("nan")}]
     assert blocks(steps) == [{"step": 10, "x": 4.5}, {"step": 20, "x": 14.5}, {"step": 26, "x": 22.0}]
+
+
+def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
+    from tools.evidence.diagnose import markdown, signal, solve_prompt, summarize
+
+    assert solve_prompt("What is 17 - 5?") == 12 and solve_prompt("What is 17 + 5?") == 22
+    steps = [{"step": i + 1, "groups/preference_zero_variance_frac": z, "reward/preference_group_spread": 0.25,
+              "reward/preference_reward/referee_accuracy": a, "rows/preference": 2.0}
+             for i, (z, a) in enumerate([(1.0, 0.5), (0.5, 0.5), (0.5, 0.75), (0.0, 0.75)])]  # fmt: skip
+    assert signal(steps, 0, 2)["zero_variance_frac"] == 0.75 and signal(steps, 2, 4)["sampled_accuracy"] == 0.75
+    history = [{"step": 0, "referee_accuracy": 0.5}, {"step": 4, "referee_accuracy": 0.6}]
+    row = summarize({"steps": steps, "history": history, "seconds": 1.0})
+    assert row["judging_gain"] == pytest.approx(0.1) and row["first_third"]["zero_variance_frac"] == 1.0
+    table = markdown({"v/0": {"variant": "v", "seed": 0, "settings": {"lr": 2e-4}, **row}})
+    assert "| v | {\"lr\": 0.0002} | 0 | 50.0 | 0.250 | 50.0 → 75.0 | 50.0 → 60.0 | +10.0 |" in table

@@ -59,7 +59,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     steps, history = result["steps"], result["history"]
     third = max(len(steps) // 3, 1)
     return {
-        "first_third": signal(steps, 0, third), "last_third": signal(steps, len(steps) - third, len(steps)),
+        "all_steps": signal(steps, 0, len(steps)), "first_third": signal(steps, 0, third), "last_third": signal(steps, len(steps) - third, len(steps)),
         "judging_curve": [(h["step"], h["referee_accuracy"]) for h in history],
         "judging_gain": history[-1]["referee_accuracy"] - history[0]["referee_accuracy"],
         "seconds": result["seconds"],
@@ -139,12 +139,12 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
             "held-out judging (start → end)", "gain (points)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
-        f, last = row["first_third"], row["last_third"]
+        every, f, last = row["all_steps"], row["first_third"], row["last_third"]
         curve = row["judging_curve"]
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
         lines.append("| " + " | ".join([
-            row["variant"], json.dumps(row["settings"]) or "{}", str(row["seed"]), pct(_mean([f["zero_variance_frac"], last["zero_variance_frac"]])),
-            "n/a" if f["group_spread"] is None else f"{f['group_spread']:.3f}", f"{pct(f['sampled_accuracy'])} → {pct(last['sampled_accuracy'])}",
+            row["variant"], json.dumps(row["settings"]) or "{}", str(row["seed"]), pct(every["zero_variance_frac"]),
+            "n/a" if every["group_spread"] is None else f"{every['group_spread']:.3f}", f"{pct(f['sampled_accuracy'])} → {pct(last['sampled_accuracy'])}",
             f"{pct(curve[0][1])} → {pct(curve[-1][1])}", f"{100 * row['judging_gain']:+.1f}",
         ]) + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
