@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr_2e-4": {"lr": 2e-4},
     "rows_x3": {"referee_rows": 6},
     "rows_x3_lr_2e-4": {"referee_rows": 6, "lr": 2e-4},
+    "g8": {"num_generations": 8},
 }
 """One setting changed at a time from the documented run (2 preference rows per step, G = 4, mirrored orders,
 rollouts at temperature 1.0, AdamW at 5e-5), plus the combination that the single changes point to."""
