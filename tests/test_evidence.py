@@ -9,6 +9,7 @@ import pytest
 
 from tools.evidence.world import (
     OPEN_OP,
+    POOLS,
     VERIFIABLE_OP,
     WorldConfig,
     read_jsonl,
@@ -35,7 +36,7 @@ def world(tmp_path_factory):
 
 def test_pools_are_disjoint_and_cover_every_problem():
     split = split_problems(WorldConfig())
-    pools = [set(split.get(name)) for name in ("heldout", "warm", "rl_solve", "rl_judge")]
+    pools = [set(split.get(name)) for name in POOLS]
     assert sum(len(p) for p in pools) == len(set().union(*pools)) == 2 * 90 * 9
     assert all(p.op == OPEN_OP for p in split.get("rl_solve", OPEN_OP))
 
@@ -77,10 +78,34 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     assert {"urpo/0", "referee/0", "separate_referee/0", "verifiable_only/0", "warm_start/0"} <= set(document["runs"])
     assert [h["step"] for h in document["runs"]["urpo/0"]["history"]] == [0, 1, 2]
     table = (out / "results.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 5  # header + 4 runs
-    for name in ("final_scores.png", "curves.png", "open_rewards.png"):
+    main_table = table.split("\n\n")[0]
+    assert sum(line.startswith("| ") for line in main_table.splitlines()) == 5  # header + 4 runs
+    for name in ("final_scores.png", "curves.png", "open_rewards.png", "referee.png"):
         assert (out / name).stat().st_size > 1000
-    assert json.loads((out / "results.json").read_text())["summary"]["urpo"]["open_accuracy"]["values"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["summary"]["urpo"]["open_accuracy"]["values"]
+    assert saved["summary"]["comparisons"]["urpo_judging_gain"]["n"] == 1
+    blocks = saved["runs"]["urpo/0"]["blocks"]  # per-step metrics kept as block means, not every step
+    assert "steps" not in saved["runs"]["urpo/0"] and [b["step"] for b in blocks] == [2]
+    assert 0.0 <= blocks[0]["groups/preference_zero_variance_frac"] <= 1.0
+    assert "Held-out judging accuracy during training" in table
+
+
+def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them_is_reused(tmp_path):
+    from tools.evidence.warm_start import WarmStartConfig, WarmStartError, build_warm_start, missed_targets
+
+    tiny = WarmStartConfig(hidden=32, steps=2, batch_size=4, extra_steps=1, max_extra_cycles=1)
+    with pytest.raises(WarmStartError, match=r"missed its targets after 3 steps: open_accuracy 0\.000 < 0\.50"):
+        build_warm_start(tmp_path / "bad", 0, tiny)
+    assert not (tmp_path / "bad" / "warm_start.json").exists()  # never reused...
+    assert "missed its targets" in (tmp_path / "bad" / "warm_start_failed.json").read_text()  # ...but kept to inspect
+    lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0)
+    first = build_warm_start(tmp_path / "ok", 0, lenient)
+    assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
+    assert build_warm_start(tmp_path / "ok", 0, lenient)["reused"]
+    assert missed_targets({"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.7}, lenient) == []
+    assert missed_targets({"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5}, WarmStartConfig()) == [
+        "verifiable_accuracy 0.400 < 0.50", "referee_accuracy 0.500 < 0.65"]
 
 
 def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties():
@@ -106,3 +131,30 @@ def test_stats_are_mean_and_sample_std_ignoring_missing_values():
     assert stats([0.5, 0.7, float("nan"), None]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414213562), "values": [0.5, 0.7]}
     assert stats([0.4]) == {"mean": 0.4, "std": 0.0, "values": [0.4]}
     assert stats([]) == {"mean": None, "std": None, "values": []}
+
+
+def test_paired_test_and_step_blocks():
+    from tools.evidence.report import blocks, paired_test
+
+    rising = paired_test([0.05, 0.07, 0.06])  # t = 0.06 / (0.01 / sqrt 3) = 10.4 > 2.920
+    assert rising["positive"] == 3 and rising["t"] == pytest.approx(10.392, abs=1e-3) and rising["significant"]
+    mixed = paired_test([0.05, -0.04, 0.01])
+    assert mixed["positive"] == 2 and not mixed["significant"]
+    assert paired_test([0.1])["t"] is None
+    steps = [{"step": i + 1, "x": float(i)} for i in range(25)] + [{"step": 26, "x": float("nan")}]
+    assert blocks(steps) == [{"step": 10, "x": 4.5}, {"step": 20, "x": 14.5}, {"step": 26, "x": 22.0}]
+
+
+def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
+    from tools.evidence.diagnose import markdown, signal, solve_prompt, summarize
+
+    assert solve_prompt("What is 17 - 5?") == 12 and solve_prompt("What is 17 + 5?") == 22
+    steps = [{"step": i + 1, "groups/preference_zero_variance_frac": z, "reward/preference_group_spread": 0.25,
+              "reward/preference_reward/referee_accuracy": a, "rows/preference": 2.0}
+             for i, (z, a) in enumerate([(1.0, 0.5), (0.5, 0.5), (0.5, 0.75), (0.0, 0.75)])]  # fmt: skip
+    assert signal(steps, 0, 2)["zero_variance_frac"] == 0.75 and signal(steps, 2, 4)["sampled_accuracy"] == 0.75
+    history = [{"step": 0, "referee_accuracy": 0.5}, {"step": 4, "referee_accuracy": 0.6}]
+    row = summarize({"steps": steps, "history": history, "seconds": 1.0})
+    assert row["judging_gain"] == pytest.approx(0.1) and row["first_third"]["zero_variance_frac"] == 1.0
+    table = markdown({"v/0": {"variant": "v", "seed": 0, "settings": {"lr": 2e-4}, **row}})
+    assert "| v | {\"lr\": 0.0002} | 0 | 50.0 | 0.250 | 50.0 → 75.0 | 50.0 → 60.0 | +10.0 |" in table

@@ -74,26 +74,28 @@ def plot_curves(results: dict[str, dict], meta: dict[str, Any], path: Path) -> N
     plt.close(fig)
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if not math.isnan(v)]
-        out.append(statistics.fmean(chunk) if chunk else math.nan)
-    return out
+def _block_series(results: dict[str, dict], run: str, seeds: list[int], key: str) -> tuple[list[int], list[float]]:
+    """A per-step metric as 10-step block means (results.json's ``blocks``), averaged over seeds; NaN where absent."""
+    series = [results[f"{run}/{seed}"]["blocks"] for seed in seeds]
+    length = min(len(s) for s in series)
+    steps = [series[0][i]["step"] for i in range(length)]
+    means = []
+    for i in range(length):
+        values = [s[i][key] for s in series if s[i].get(key) is not None and not math.isnan(s[i][key])]
+        means.append(statistics.fmean(values) if values else math.nan)
+    return steps, means
 
 
 def plot_rewards(results: dict[str, dict], meta: dict[str, Any], path: Path) -> None:
     """During training, on the open rows: how often the reward ordered answers as the truth does, and how often
-    the sampled answers were right (moving average over 10 steps, mean over seeds)."""
+    the sampled answers were right (means over 10-step blocks and over seeds)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, (key, title) in zip(axes, (("truth_agreement", "Open-row reward agrees with truth (pairs)"),
                                         ("open_correct", "Open-row answers sampled in training that are right"))):
         for run, judge in JUDGE_NAMES.items():
-            series = [[s.get(f"reward/{judge}/{key}", math.nan) for s in results[f"{run}/{seed}"]["steps"]] for seed in meta["seeds"]]
-            length = min(len(s) for s in series)
-            mean = [statistics.fmean([s[i] for s in series if not math.isnan(s[i])] or [math.nan]) for i in range(length)]
-            ax.plot(range(1, length + 1), [100 * v for v in _smooth(mean, 10)], color=COLORS[run], label=RUN_LABELS[run])
+            steps, mean = _block_series(results, run, meta["seeds"], f"reward/{judge}/{key}")
+            ax.plot(steps, [100 * v for v in mean], color=COLORS[run], label=RUN_LABELS[run], marker=".")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("RL step")
         ax.set_ylabel("%")
@@ -104,7 +106,38 @@ def plot_rewards(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
     plt.close(fig)
 
 
+def plot_referee(results: dict[str, dict], meta: dict[str, Any], path: Path) -> None:
+    """The referee learning from its preference rows: held-out judging accuracy per seed (URPO) and the mean of
+    the dedicated referee; and what GRPO saw on those rows: the share of groups with all rewards equal."""
+    plt = _pyplot()
+    seeds = meta["seeds"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for seed in seeds:
+        history = results[f"urpo/{seed}"]["history"]
+        axes[0].plot([h["step"] for h in history], [100 * h["referee_accuracy"] for h in history], color=COLORS["urpo"],
+                     alpha=0.35, linewidth=0.9)  # fmt: skip
+    for run, label in (("urpo", "URPO (mean; thin: seeds)"), ("referee", "dedicated referee (mean)")):
+        steps, mean, _ = _curve(results, run, seeds, "referee_accuracy")
+        axes[0].plot(steps, mean, color=COLORS[run], label=label, linewidth=2, marker="o")
+    axes[0].set_title("Held-out judging accuracy during RL", fontsize=10)
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=8)
+    for run, label in (("urpo", "URPO"), ("referee", "dedicated referee")):
+        steps, mean = _block_series(results, run, seeds, "groups/preference_zero_variance_frac")
+        axes[1].plot(steps, [100 * v for v in mean], color=COLORS[run], label=label, marker=".")
+    axes[1].set_title("Preference groups with all G rewards equal (no signal)", fontsize=10)
+    axes[1].set_ylabel("% of groups")
+    axes[1].set_ylim(0, 100)
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("RL step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_all(results: dict[str, dict], summary: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
     plot_final(summary, out / "final_scores.png")
     plot_curves(results, meta, out / "curves.png")
     plot_rewards(results, meta, out / "open_rewards.png")
+    plot_referee(results, meta, out / "referee.png")

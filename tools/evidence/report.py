@@ -43,7 +43,9 @@ def final_scores(results: dict[str, dict], run: str, seed: int, warm_seed: int) 
 def truth_agreement(results: dict[str, dict], run: str, seed: int) -> float | None:
     """Mean over training steps of how often the open-row rewards ordered answers as the truth does."""
     key = f"reward/{JUDGE_NAMES[run]}/truth_agreement"
-    values = [s[key] for s in results[f"{run}/{seed}"]["steps"] if key in s and not math.isnan(s[key])]
+    result = results[f"{run}/{seed}"]
+    rows = result["steps"] if "steps" in result else result["blocks"]  # blocks: a saved results.json, re-summarised
+    values = [s[key] for s in rows if s.get(key) is not None and not math.isnan(s[key])]
     return statistics.fmean(values) if values else None
 
 
@@ -63,7 +65,44 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
     summary["referee"] = {"seconds": stats([results[f"referee/{s}"]["seconds"] for s in seeds])}
     for run in JUDGE_NAMES:
         summary[run]["reward_truth_agreement"] = stats([truth_agreement(results, run, s) for s in seeds])
+    summary["comparisons"] = comparisons(results, seeds, warm_of)
+    summary["judging_curves"] = judging_curves(results, seeds)
+    summary["warm_start"]["train_steps"] = stats([results[f"warm_start/{warm_of[s]}"].get("train_steps") for s in seeds])
     return summary
+
+
+# One-sided 5% critical values of Student's t for 1..9 degrees of freedom (any statistics table), so the tool
+# needs no SciPy; with 10 or more seeds the normal approximation's 1.645 is within 0.2 of the exact value.
+T_CRITICAL_5PCT_ONE_SIDED = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833)
+
+
+def paired_test(differences: Sequence[float]) -> dict[str, Any]:
+    """Mean ± std of per-seed differences, how many are > 0, and a one-sided paired t-test at 5% (mean > 0)."""
+    entry = stats(differences)
+    n = len(entry["values"])
+    entry["positive"] = sum(v > 0 for v in entry["values"])
+    entry["n"] = n
+    if n < 2:
+        entry["t"], entry["significant"] = None, False
+        return entry
+    spread = entry["std"] / math.sqrt(n)
+    entry["t"] = entry["mean"] / spread if spread > 0 else (math.inf if entry["mean"] > 0 else 0.0)
+    critical = T_CRITICAL_5PCT_ONE_SIDED[n - 2] if n - 1 <= len(T_CRITICAL_5PCT_ONE_SIDED) else 1.645
+    entry["significant"] = entry["t"] > critical
+    return entry
+
+
+def comparisons(results: dict[str, dict], seeds: list[int], warm_of: dict[int, int]) -> dict[str, Any]:
+    """The paper's claims as paired per-seed differences (a seed's runs share its warm start and RL seed)."""
+    warm = {s: results[f"warm_start/{warm_of[s]}"]["scores"] for s in seeds}
+    final = lambda run, s, m: results[f"{run}/{s}"]["final"][m]  # noqa: E731
+    out = {f"{run}_judging_gain": paired_test([final(run, s, "referee_accuracy") - warm[s]["referee_accuracy"] for s in seeds])
+           for run in ("urpo", "referee", "separate_referee", "verifiable_only")}  # fmt: skip
+    out["urpo_minus_baseline_open"] = paired_test([final("urpo", s, "open_accuracy") - final("separate_referee", s, "open_accuracy") for s in seeds])
+    out["urpo_minus_dedicated_referee_judging"] = paired_test(
+        [final("urpo", s, "referee_accuracy") - final("referee", s, "referee_accuracy") for s in seeds])  # fmt: skip
+    out["urpo_open_gain"] = paired_test([final("urpo", s, "open_accuracy") - warm[s]["open_accuracy"] for s in seeds])
+    return out
 
 
 def _cell(entry: dict[str, Any] | None, percent: bool = True) -> str:
@@ -91,21 +130,111 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['rl']['num_generations']}. The separate referee was trained for the same {meta['rl']['steps']} steps on "
         "as many preference rows per step as URPO sees, then frozen"
         f" (its own run took {_cell(summary['referee']['seconds'], percent=False)} s more).",
-        "The warm start is " + ("trained once per seed." if meta["warm_per_seed"] else
+        "The warm start is " + ("trained once per seed (seed s: warm start s, then RL seed s), so the spread covers "
+                                "both." if meta["warm_per_seed"] else
                                 "shared by all seeds (its greedy scores do not vary: std 0)."),
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es).",
+        *([meta["note"]] if meta.get("note") else []),
     ]  # fmt: skip
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines + notes + judging_table(summary.get("judging_curves", {}), meta) + claims_table(summary)) + "\n"
+
+
+def judging_curves(results: dict[str, dict], seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """Held-out judging accuracy at every evaluation, mean ± std over seeds, per trained run."""
+    curves = {}
+    for run in ("urpo", "referee", "separate_referee", "verifiable_only"):
+        histories = [results[f"{run}/{s}"]["history"] for s in seeds]
+        points = min(len(h) for h in histories)
+        curves[run] = [{"step": histories[0][i]["step"], **stats([h[i]["referee_accuracy"] for h in histories])}
+                       for i in range(points)]  # fmt: skip
+    return curves
+
+
+JUDGING_LABELS = {"urpo": "URPO (one model, all kinds)", "referee": "Dedicated referee (preference rows only)",
+                  "separate_referee": "Baseline's policy (judged by the frozen referee)",
+                  "verifiable_only": "GRPO, verifiable rows only"}  # fmt: skip
+
+
+def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[str]:
+    """Held-out judging accuracy during training (mean ± std over seeds, percent)."""
+    if not curves:
+        return []
+    steps = [p["step"] for p in curves["urpo"]]
+    lines = ["", "Held-out judging accuracy during training (greedy, both presentation orders; mean ± std, %):", "",
+             "| Run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]  # fmt: skip
+    for run, points in curves.items():
+        lines.append(f"| {JUDGING_LABELS[run]} | " + " | ".join(_cell(p) for p in points) + " |")
+    return lines
+
+
+CLAIMS = {
+    "urpo_judging_gain": "URPO's judging accuracy gain over its warm start",
+    "referee_judging_gain": "Dedicated referee's judging gain over its warm start",
+    "verifiable_only_judging_gain": "Verifiable-only GRPO's judging gain (no preference rows)",
+    "urpo_minus_dedicated_referee_judging": "URPO minus dedicated referee, judging accuracy",
+    "urpo_minus_baseline_open": "URPO minus frozen-referee baseline, open accuracy",
+    "urpo_open_gain": "URPO's open accuracy gain over its warm start",
+}
+
+
+def claims_table(summary: dict[str, Any]) -> list[str]:
+    """Paired per-seed differences with a one-sided t-test (is the mean > 0?)."""
+    rows = summary.get("comparisons")
+    if not rows:
+        return []
+    lines = ["", "Paired differences per seed (points; a seed's runs share its warm start), one-sided t-test at 5%:", "",
+             "| Difference | mean ± std | seeds > 0 | t | mean > 0 at 5%? |", "|---|---|---|---|---|"]  # fmt: skip
+    for key, label in CLAIMS.items():
+        entry = rows[key]
+        t = "n/a" if entry["t"] is None else f"{entry['t']:.2f}"
+        lines.append(f"| {label} | {_cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {'yes' if entry['significant'] else 'no'} |")
+    return lines
+
+
+BLOCK_STEPS = 10
+"""Per-step metrics are kept as means over blocks of this many steps (results.json stays small)."""
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def blocks(steps: list[dict[str, float]], size: int = BLOCK_STEPS) -> list[dict[str, float]]:
+    """Means of every metric over consecutive blocks of ``size`` steps (NaNs left out); ``step`` is the block's last."""
+    out = []
+    for start in range(0, len(steps), size):
+        chunk = steps[start : start + size]
+        keys = sorted({k for s in chunk for k in s} - {"step"})
+        means = {k: stats([s.get(k, math.nan) for s in chunk])["mean"] for k in keys}
+        out.append({"step": chunk[-1]["step"], **{k: v for k, v in means.items() if v is not None}})
+    return out
+
+
+def compact(results: dict[str, dict]) -> dict[str, dict]:
+    """Every run without its per-step metrics (replaced by :func:`blocks`) or its copy of the shared configuration."""
+    out = {}
+    for name, result in results.items():
+        kept = {k: v for k, v in result.items() if k not in ("steps", "config", "world", "losses")}
+        if "steps" in result:
+            kept["blocks"] = blocks(result["steps"])
+        out[name] = _rounded(kept)
+    return out
 
 
 def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Writes results.json, results.md and the plots into ``out``; returns the JSON document."""
+    """Writes results.json (summaries and 10-step blocks), results.md and the plots into ``out``; returns the JSON."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, meta)
-    document = {"meta": meta, "summary": summary, "runs": results}
+    document = {"meta": meta, "summary": _rounded(summary), "runs": compact(results)}
     (out / "results.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
     (out / "results.md").write_text(markdown_table(summary, meta))
     from tools.evidence.plots import plot_all
 
-    plot_all(results, summary, meta, out)
+    plot_all(document["runs"], summary, meta, out)
     return document

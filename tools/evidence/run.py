@@ -1,9 +1,9 @@
 """URPO's claims in miniature, on a CPU: ``python -m tools.evidence.run`` (or ``python tools/evidence/run.py``).
 
-Builds the arithmetic world (:mod:`tools.evidence.world`), the warm start (:mod:`tools.evidence.warm_start`), then
-for every seed trains URPO, the separate frozen referee and the policy it rewards (the paper's baseline), and
-verifiable-only GRPO, all from the same warm start on the same budget; scores every run on the held-out sets and
-writes ``results.json``, ``results.md`` and plots to ``docs/evidence/`` (see :mod:`tools.evidence.report`).
+Builds the arithmetic world (:mod:`tools.evidence.world`); for every seed, a warm start of that seed
+(:mod:`tools.evidence.warm_start`, gated: it must reach its solving and judging targets before RL starts), then
+URPO, the separate frozen referee and the policy it rewards (the paper's baseline), and verifiable-only GRPO, all
+from that warm start on the same budget and with the same seed; scores every run on the held-out sets and writes ``results.json``, ``results.md`` and plots to ``docs/evidence/`` (see :mod:`tools.evidence.report`).
 
 Runs go to ``--workers`` processes of one thread each (2 fit a 2-core machine); whatever the order they finish in,
 the numbers are the same, since every run is seeded and single-threaded.
@@ -86,10 +86,12 @@ def _brief(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="URPO's claims in miniature, on a CPU (docs/evidence.md).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="seeds (default: 0 1 2 3 4); seed s trains warm start s, then every RL run with seed s")
     parser.add_argument("--steps", type=int, default=RLConfig.steps, help="RL steps of every run")
     parser.add_argument("--warm-steps", type=int, default=WarmStartConfig.steps, help="supervised warm-start steps")
-    parser.add_argument("--warm-per-seed", action="store_true", help="train one warm start per seed (default: one)")
+    parser.add_argument("--shared-warm-start", dest="warm_per_seed", action="store_false",
+                        help="one warm start (the first seed's) for every seed, instead of one per seed")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one thread each (default: 2)")
     parser.add_argument("--out", type=Path, default=Path("docs/evidence"), help="where results and plots go")
     parser.add_argument("--work", type=Path, default=Path("build/evidence"), help="models and data files")
@@ -100,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLConfig]:
     world, warm, rl = WorldConfig(), WarmStartConfig(steps=args.warm_steps), RLConfig(steps=args.steps)
     if args.smoke:
-        warm = replace(warm, steps=min(args.warm_steps, 4), batch_size=8)
+        # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
+        warm = replace(warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0)
         rl = replace(rl, steps=min(args.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
     return world, warm, rl
 

@@ -49,11 +49,17 @@ class RLConfig:
     every run, even verifiable-only GRPO, lost held-out accuracy on the operation it was not rewarded on)."""
     max_new_tokens: int = 32
     """Token limit of answers and of judgments (an answer takes 5 tokens, a judgment with its checks about 25)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts: answers, and the judgments of preference rows."""
+    preference_orders: str = "mirrored"
+    """``grpo.preference_orders``: 'mirrored' (half of each preference group sees the reversed order) or 'shared'."""
     judgments_per_group: int = 4
     """Judging prompts per open group and per shown pair order: 2 mirrored shuffles (SelfJudge, chunk_size 2)."""
     judge_temperature: float | None = 0.3
     """Sampling temperature of the open-row judgments (None: the policy's, 1.0). At 1.0 the warm start's rewards
     agreed with the truth on 53% of answer pairs, at 0.3 on 60% (one seed, judging by solving)."""
+    referee_rows: int | None = None
+    """Preference rows per step of the referee-only run (None: as many as URPO's batch holds; diagnosis only)."""
     eval_every: int = 30
     """Score on the held-out sets every this many steps (and before the first)."""
     eval_limit: int | None = None
@@ -64,6 +70,8 @@ def referee_batch(cfg: RLConfig) -> int:
     """Preference rows per step in URPO's batch: the frozen referee is trained on as many, for as many steps."""
     from urpo.data.mixture import kind_quotas
 
+    if cfg.referee_rows is not None:
+        return cfg.referee_rows
     return kind_quotas(RUN_MIXTURES["urpo"], cfg.prompts_per_step)["preference"]  # type: ignore[arg-type]
 
 
@@ -103,15 +111,19 @@ def rewards_for(run: str, cfg: RLConfig, seed: int, files: dict[str, str], refer
     return table[run]()
 
 
+STEP_PREFIXES = ("reward/", "groups/", "rows/", "advantage/", "train/loss", "train/grad_norm", "train/entropy")
+"""Per-step metrics the runs keep: rewards, the zero-variance share and spread of groups per kind, the update."""
+
+
 class StepRecorder(L.Callback):
-    """Keeps the reward metrics Lightning collected at every step (``reward/...``; parse failure counts left out)."""
+    """Keeps the metrics Lightning collected at every step (:data:`STEP_PREFIXES`; parse failure counts left out)."""
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         metrics = trainer.callback_metrics.items()
-        keep = {k: float(v) for k, v in metrics if k.startswith("reward/") and "parse_failure/" not in k}
+        keep = {k: float(v) for k, v in metrics if k.startswith(STEP_PREFIXES) and "parse_failure/" not in k}
         self.steps.append({"step": module.global_step, **keep})
 
 
@@ -134,7 +146,8 @@ def train_run(run: str, seed: int, warm_dir: str, files: dict[str, str], cfg: RL
     L.seed_everything(seed, verbose=False)
     module = URPOModule(
         model=ModelArgs(name_or_path=warm_dir), rewards=rewards_for(run, cfg, seed, files, referee_dir),
-        grpo=GRPOArgs(num_generations=cfg.num_generations), sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens),
+        grpo=GRPOArgs(num_generations=cfg.num_generations, preference_orders=cfg.preference_orders),  # type: ignore[arg-type]
+        sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
         player=PLAYER, referee=REFEREE, optimizer=partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
     )  # fmt: skip

@@ -9,9 +9,10 @@ borrows leave room for mistakes). The two operations play different roles, as ma
 * ``preference`` rows show a problem of either operation with N candidate answers; the gold utility of a candidate
   is minus its distance to the truth (so the correct answer is best, near misses beat far ones).
 
-Every problem belongs to exactly one pool (:class:`Split`): ``heldout`` (evaluation only), ``warm`` (the supervised
-warm start), ``rl_solve`` (verifiable and open rows of RL) or ``rl_judge`` (preference rows of RL). So no problem
-the trainer solves or judges is ever scored, and open rows' answers never appear in any preference row.
+Every problem belongs to exactly one pool (:class:`Split`): ``heldout`` (evaluation only), ``check`` (the warm
+start's gate: it must reach its targets on these before RL starts), ``warm`` (the supervised warm start),
+``rl_solve`` (verifiable and open rows of RL) or ``rl_judge`` (preference rows of RL). So no problem the trainer
+solves or judges is ever scored, and open rows' answers never appear in any preference row.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class WorldConfig:
     """The second operand is in ``[1, max_b)``."""
     heldout: int = 120
     """Held-out problems per operation (scored, never trained on)."""
+    check: int = 60
+    """Problems per operation that only the warm start's gate scores (never trained on, never in the table)."""
     warm_share: float = 0.4
     """Share of the remaining problems of each operation given to the supervised warm start."""
     judge_share: float = 0.3
@@ -88,12 +91,15 @@ class WorldConfig:
     """Seeds the pools and the candidates; the same for every training seed (one world, many runs)."""
 
 
+POOLS = ("heldout", "check", "warm", "rl_solve", "rl_judge")
+
+
 @dataclass
 class Split:
     """The problems of each pool, per operation."""
 
     pools: dict[str, dict[str, list[Problem]]] = field(default_factory=dict)
-    """``pools[pool][op]``; pools are ``heldout``, ``warm``, ``rl_solve``, ``rl_judge``."""
+    """``pools[pool][op]``; pools are ``heldout``, ``check``, ``warm``, ``rl_solve``, ``rl_judge``."""
 
     def get(self, pool: str, op: str | None = None) -> list[Problem]:
         ops = [op] if op else sorted(self.pools[pool])
@@ -103,11 +109,12 @@ class Split:
 def split_problems(cfg: WorldConfig) -> Split:
     """Partitions every operation's problems into the four pools (disjoint, deterministic in ``cfg.seed``)."""
     rng = random.Random(f"world:{cfg.seed}")
-    split = Split({name: {} for name in ("heldout", "warm", "rl_solve", "rl_judge")})
+    split = Split({name: {} for name in POOLS})
     for op in (VERIFIABLE_OP, OPEN_OP):
         problems = all_problems(op, cfg)
         rng.shuffle(problems)
         held, rest = problems[: cfg.heldout], problems[cfg.heldout :]
+        split.pools["check"][op], rest = rest[: cfg.check], rest[cfg.check :]
         n_warm = round(len(rest) * cfg.warm_share)
         n_judge = round(len(rest) * cfg.judge_share)
         split.pools["heldout"][op] = held
