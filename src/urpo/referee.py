@@ -229,6 +229,17 @@ class RefereeTemplate:
         """
         return parse_ranking(completion, n, self.allow_ties, self.open_tag, self.close_tag, prompt)
 
+    def summary(self, width: int = 70) -> str:
+        """One line naming this template's verdict format and the start of its instruction (for warnings and logs)."""
+        instruction = " ".join(self.instruction.split())
+        if len(instruction) > width:
+            instruction = instruction[: width - 3] + "..."
+        return (
+            f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, ties {'allowed' if self.allow_ties else 'not allowed'}, "
+            f"reminder {'on' if self.reminder else 'off'}, system prompt {'on' if self.system else 'off'}, "
+            f"instruction {instruction!r})"
+        )
+
     def _clip(self, text: str) -> str:
         limit = self.max_response_chars
         if limit is not None and len(text) > limit:
