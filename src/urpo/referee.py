@@ -170,6 +170,10 @@ class RefereeTemplate:
     """Tag that opens the final ranking block."""
     close_tag: str = "</ranking>"
     """Tag that closes the final ranking block."""
+    response_prefix: str | None = None
+    """Text the referee's reply is made to start with (a prefill, sent as the start of the assistant message and
+    read as part of the verdict), e.g. ``"<ranking>"`` for a small model that does not produce the format by itself
+    (the demo's SmolLM2-135M). It forces the verdict first, before any reasoning. None: the reply is free."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.instruction, str) or not self.instruction.strip():
@@ -185,6 +189,8 @@ class RefereeTemplate:
                 raise ConfigError(f"{name} must not contain U+FFFD, got {tag!r}")
         if "".join(self.open_tag.split()).lower() == "".join(self.close_tag.split()).lower():
             raise ConfigError(f"open_tag and close_tag must differ, both are {self.open_tag!r}")
+        if self.response_prefix is not None and not (isinstance(self.response_prefix, str) and self.response_prefix.strip()):
+            raise ConfigError(f"response_prefix must be non-blank text or None, got {self.response_prefix!r}")
 
     @staticmethod
     def labels(n: int) -> list[str]:
@@ -194,7 +200,8 @@ class RefereeTemplate:
     def messages(
         self, prompt: str, responses: Sequence[str], order: Sequence[int], reference: str | None = None
     ) -> list[dict[str, str]]:
-        """Renders one judging task: a system message (when ``system`` is set), then one user message.
+        """Renders one judging task: a system message (when ``system`` is set), then one user message, then the
+        start of the assistant's reply when ``response_prefix`` is set.
 
         Args:
             prompt: The user prompt the responses answer.
@@ -219,15 +226,18 @@ class RefereeTemplate:
         if self.reminder:
             parts.append(self._fill(self.reminder, names, with_reference))
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, {"role": "user", "content": "\n\n".join(parts)}]
+        prefill = [{"role": "assistant", "content": self.response_prefix}] if self.response_prefix else []
+        return [*system, {"role": "user", "content": "\n\n".join(parts)}, *prefill]
 
     def parse(self, completion: str, n: int, prompt: str | None = None) -> ParsedRanking | ParseFailure:
         """Reads a verdict over ``n`` responses with this template's tags and tie rule (see :func:`parse_ranking`).
 
         Pass the judging ``prompt`` (its text, rendered or as messages' content) so that a ranking block the
         completion merely copies from the prompt, such as the format example, is never read as the verdict.
+        A ``response_prefix`` is read as the start of the completion (the model continued it).
         """
-        return parse_ranking(completion, n, self.allow_ties, self.open_tag, self.close_tag, prompt)
+        text = (self.response_prefix or "") + completion if isinstance(completion, str) else completion
+        return parse_ranking(text, n, self.allow_ties, self.open_tag, self.close_tag, prompt)
 
     def summary(self, width: int = 70) -> str:
         """One line naming this template's verdict format and the start of its instruction (for warnings and logs)."""
@@ -237,6 +247,7 @@ class RefereeTemplate:
         return (
             f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, ties {'allowed' if self.allow_ties else 'not allowed'}, "
             f"reminder {'on' if self.reminder else 'off'}, system prompt {'on' if self.system else 'off'}, "
+            f"reply prefix {self.response_prefix!r}, "
             f"instruction {instruction!r})"
         )
 
