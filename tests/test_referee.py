@@ -560,3 +560,19 @@ def test_a_reply_prefix_is_sent_as_the_start_of_the_answer_and_read_back() -> No
     assert "reply prefix '<ranking>'" in template.summary()
     with pytest.raises(ConfigError, match="response_prefix"):
         RefereeTemplate(response_prefix="  ")
+
+
+def test_labels_written_after_a_prefilled_tag_are_a_verdict_even_when_the_prompt_text_follows() -> None:
+    # The prefilled opener is urpo's, the labels are the model's: copying the line after the example does not make
+    # them an echo. Without a prefix the same completion is a copy of the example with its context.
+    template = RefereeTemplate(response_prefix="<ranking>")
+    prompt = "\n".join(m["content"] for m in template.messages("Which is best?", ["one", "two"], [0, 1]))
+    copied_tail = "B > A</ranking>\nTies are not allowed"
+    assert "<ranking>" + copied_tail in prompt
+    assert template.parse(copied_tail, 2, prompt) == ParsedRanking(((1,), (0,)))
+    free = RefereeTemplate()
+    assert free.parse("<ranking>" + copied_tail, 2, prompt).reason == "no_ranking"
+    # a prefix that is not the opening tag gives no such exemption
+    other = RefereeTemplate(response_prefix="Verdict:")
+    other_prompt = "\n".join(m["content"] for m in other.messages("Which is best?", ["one", "two"], [0, 1]))
+    assert other.parse(" <ranking>" + copied_tail, 2, other_prompt).reason == "no_ranking"

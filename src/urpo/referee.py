@@ -236,8 +236,10 @@ class RefereeTemplate:
         completion merely copies from the prompt, such as the format example, is never read as the verdict.
         A ``response_prefix`` is read as the start of the completion (the model continued it).
         """
-        text = (self.response_prefix or "") + completion if isinstance(completion, str) else completion
-        return parse_ranking(text, n, self.allow_ties, self.open_tag, self.close_tag, prompt)
+        prefilled = bool(self.response_prefix) and isinstance(completion, str)
+        text = self.response_prefix + completion if prefilled else completion
+        opens_block = prefilled and _tag_patterns(self.open_tag, self.close_tag, False)[0].match(text) is not None
+        return parse_ranking(text, n, self.allow_ties, self.open_tag, self.close_tag, prompt, opens_block)
 
     def summary(self, width: int = 70) -> str:
         """One line naming this template's verdict format and the start of its instruction (for warnings and logs)."""
@@ -302,13 +304,16 @@ _TOKEN = re.compile(r"\w+|\S")
 
 def parse_ranking(
     text: str, n: int, allow_ties: bool = False, open_tag: str = "<ranking>", close_tag: str = "</ranking>",
-    prompt: str | None = None,
+    prompt: str | None = None, prefilled: bool = False,
 ) -> ParsedRanking | ParseFailure:
     """Reads the final ranking of ``n`` labels from a referee's completion; never raises on any completion.
 
     The last complete block wins: the last opening tag before a closing tag, up to the first closing tag after
     it. With ``prompt`` given, blocks that are echoes of the prompt are passed over (see :func:`is_echo`): a
-    model that repeats its instructions must not be credited with the example ranking they show.
+    model that repeats its instructions must not be credited with the example ranking they show. With
+    ``prefilled``, ``text`` starts with an opening tag that the prompt wrote into the reply (a template's
+    ``response_prefix``): a block opened there holds labels the model wrote itself, so it is never an echo, even
+    when the model goes on to copy the text that follows the example in the prompt.
     Tags match in any case and with whitespace between their pieces (``< /RANKING >``). Inside, labels are
     separated by ``>`` (and ``=`` when ``allow_ties``); whitespace is ignored. Lowercase labels are accepted
     (``b > a``): with single letters they are unambiguous, and format compliance is judged by the tags and the
@@ -329,7 +334,8 @@ def parse_ranking(
     tail = text[-PARSE_TAIL_CHARS:]
     spans = _block_spans(tail, open_tag, close_tag)
     if prompt:
-        echoed = [span for span in spans if is_echo(tail, span, prompt)]
+        own = (0,) if prefilled and len(text) <= PARSE_TAIL_CHARS else ()  # the prefilled opener starts the text
+        echoed = [span for span in spans if span[0] not in own and is_echo(tail, span, prompt)]
         spans = [span for span in spans if span not in echoed]
         if echoed and not spans:
             return ParseFailure("no_ranking", f"the only {open_tag}...{close_tag} block copies the prompt")
