@@ -36,9 +36,12 @@ def exported_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_fit_writes_metrics_samples_checkpoints_and_a_loadable_model(tiny_model_dir, tmp_path):
+def test_fit_writes_metrics_samples_checkpoints_and_a_loadable_model(tiny_model_dir, tmp_path, capsys):
     run_fit(tiny_model_dir, tmp_path)
     run = tmp_path / "tiny" / "version_0"
+    # the run ends by printing where its picture is (the demo's last lines), and the picture is there
+    assert f"curves:      {run / 'curves.png'}" in capsys.readouterr().out
+    assert (run / "curves.png").stat().st_size > 10_000
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     for column in ("reward/mean", "train/loss", "time/update", "throughput/tokens_per_s", "reward/math_verifier/accuracy"):
         assert column in header

@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 from urpo.errors import ConfigError
 from urpo.referee import (
+    DEFAULT_INSTRUCTION,
+    DEFAULT_REMINDER,
+    DEFAULT_SYSTEM,
     MAX_BLOCK_CHARS,
     PARSE_FAILURE_REASONS,
     ParsedRanking,
@@ -511,3 +514,65 @@ def test_a_verdict_after_an_echo_or_equal_to_the_example_still_counts(template: 
         assert template.parse(verdict, 2, prompt) == ParsedRanking(((1,), (0,))), verdict
     after_echo = prompt + f"\nMy answer: {template.open_tag}A > B{template.close_tag}"
     assert template.parse(after_echo, 2, prompt) == ParsedRanking(((0,), (1,)))
+
+
+# An echo must never be a verdict under any combination of the template's options (the cases above pick a few).
+ALL_OPTIONS = [
+    RefereeTemplate(
+        system=system, reminder=reminder, allow_ties=ties, show_reference=reference, open_tag=tags[0],
+        close_tag=tags[1], response_prefix=tags[0] if prefix else None,
+        instruction=instruction if instruction else DEFAULT_INSTRUCTION,
+    )
+    for system in (DEFAULT_SYSTEM, None)
+    for reminder in (DEFAULT_REMINDER, None, "Answer like {example}, best first.")
+    for ties in (False, True)
+    for reference in (True, False)
+    for tags in (("<ranking>", "</ranking>"), ("[[", "]]"))
+    for prefix in (False, True)
+    for instruction in (None, "Rank {labels}. Reply with the ranking only:\n{example}\n{ties_rule}{reference_rule}")
+]
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_no_template_option_reads_an_echo_of_its_prompt_as_a_verdict(n: int) -> None:
+    for template in ALL_OPTIONS:
+        messages = template.messages("Which is best?", [f"answer {i}" for i in range(n)], list(range(n)), "ref")
+        prompt = "\n".join(m["content"] for m in messages)
+        user = next(m["content"] for m in messages if m["role"] == "user")
+        paragraphs = user.split("\n\n")
+        # the whole prompt, the user message, its instruction alone, its reminder alone, each with a line break
+        for echo in (prompt, user, paragraphs[0], paragraphs[-1], user + "\n", paragraphs[0] + "\n\n"):
+            result = template.parse(echo, n, prompt)
+            assert isinstance(result, ParseFailure) and result.reason == "no_ranking", (template.summary(), echo, result)
+
+
+def test_a_reply_prefix_is_sent_as_the_start_of_the_answer_and_read_back() -> None:
+    template = RefereeTemplate(response_prefix="<ranking>")
+    messages = template.messages("Which is best?", ["one", "two"], [1, 0])
+    assert messages[-1] == {"role": "assistant", "content": "<ranking>"}
+    prompt = "\n".join(m["content"] for m in messages)
+    # the model continues the prefix: its completion alone holds no opening tag
+    assert template.parse("A > B</ranking>", 2, prompt) == ParsedRanking(((0,), (1,)))
+    assert template.parse("B > A</ranking> because B is right", 2, prompt) == ParsedRanking(((1,), (0,)))
+    assert template.parse("A</ranking>", 2, prompt).reason == "missing_label"
+    assert template.parse("A > B", 2, prompt).reason == "no_ranking"  # never closed
+    assert RefereeTemplate().messages("q", ["a", "b"], [0, 1])[-1]["role"] == "user"  # no prefix: no prefill
+    assert "reply prefix '<ranking>'" in template.summary()
+    with pytest.raises(ConfigError, match="response_prefix"):
+        RefereeTemplate(response_prefix="  ")
+
+
+def test_labels_written_after_a_prefilled_tag_are_a_verdict_even_when_the_prompt_text_follows() -> None:
+    # The prefilled opener is urpo's, the labels are the model's: copying the line after the example does not make
+    # them an echo. Without a prefix the same completion is a copy of the example with its context.
+    template = RefereeTemplate(response_prefix="<ranking>")
+    prompt = "\n".join(m["content"] for m in template.messages("Which is best?", ["one", "two"], [0, 1]))
+    copied_tail = "B > A</ranking>\nTies are not allowed"
+    assert "<ranking>" + copied_tail in prompt
+    assert template.parse(copied_tail, 2, prompt) == ParsedRanking(((1,), (0,)))
+    free = RefereeTemplate()
+    assert free.parse("<ranking>" + copied_tail, 2, prompt).reason == "no_ranking"
+    # a prefix that is not the opening tag gives no such exemption
+    other = RefereeTemplate(response_prefix="Verdict:")
+    other_prompt = "\n".join(m["content"] for m in other.messages("Which is best?", ["one", "two"], [0, 1]))
+    assert other.parse(" <ranking>" + copied_tail, 2, other_prompt).reason == "no_ranking"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from urpo.errors import ConfigError
 from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
 
 
@@ -88,6 +89,18 @@ class LoggingArgs:
     """How many rows of each kind go into each sample table."""
     export_dir: str | None = "auto"
     """Where the final policy is exported with save_pretrained: 'auto' is <log_dir>/hf_model; None skips it."""
+    parse_warning_after_steps: int | None = 5
+    """Warn (once) when, over the last this many steps, the referee's outputs failed to parse at least
+    ``parse_warning_share`` of the time; the step's share is always shown in the progress bar as ``parse_fail``.
+    None: never warn (see :class:`~urpo.referee_watch.ParseFailureWatch`)."""
+    parse_warning_share: float = 0.9
+    """The mean parse-failure share that triggers the warning, in (0, 1]."""
+
+    def __post_init__(self) -> None:
+        if self.parse_warning_after_steps is not None and self.parse_warning_after_steps < 1:
+            raise ConfigError(f"logging.parse_warning_after_steps must be >= 1 or None, got {self.parse_warning_after_steps}")
+        if not 0 < self.parse_warning_share <= 1:
+            raise ConfigError(f"logging.parse_warning_share must be in (0, 1], got {self.parse_warning_share}")
 
 
 

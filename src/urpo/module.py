@@ -181,6 +181,13 @@ class URPOModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Callbacks every Trainer of this module gets: the referee parse-failure watch (``logging`` settings)."""
+        from urpo.referee_watch import ParseFailureWatch
+
+        args = self.logging_args
+        return [ParseFailureWatch(args.parse_warning_after_steps, args.parse_warning_share)]
+
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # a batch is a list of rows (text); tensors are made on the right device inside the step
 

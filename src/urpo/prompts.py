@@ -40,5 +40,12 @@ def with_system(system: str | None, messages: Messages) -> Messages:
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
-    """Render messages with the tokenizer's chat template, ending where the assistant's reply starts."""
+    """Render messages with the tokenizer's chat template, ending where the assistant's reply starts.
+
+    When the last message is the assistant's, its text is the start of the reply (a prefill, such as
+    :attr:`~urpo.referee.RefereeTemplate.response_prefix`): the rendering ends inside that message, so the model
+    continues it (``continue_final_message`` of ``apply_chat_template``).
+    """
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -170,6 +170,10 @@ class RefereeTemplate:
     """Tag that opens the final ranking block."""
     close_tag: str = "</ranking>"
     """Tag that closes the final ranking block."""
+    response_prefix: str | None = None
+    """Text the referee's reply is made to start with (a prefill, sent as the start of the assistant message and
+    read as part of the verdict), e.g. ``"<ranking>"`` for a small model that does not produce the format by itself
+    (the demo's SmolLM2-135M). It forces the verdict first, before any reasoning. None: the reply is free."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.instruction, str) or not self.instruction.strip():
@@ -185,6 +189,8 @@ class RefereeTemplate:
                 raise ConfigError(f"{name} must not contain U+FFFD, got {tag!r}")
         if "".join(self.open_tag.split()).lower() == "".join(self.close_tag.split()).lower():
             raise ConfigError(f"open_tag and close_tag must differ, both are {self.open_tag!r}")
+        if self.response_prefix is not None and not (isinstance(self.response_prefix, str) and self.response_prefix.strip()):
+            raise ConfigError(f"response_prefix must be non-blank text or None, got {self.response_prefix!r}")
 
     @staticmethod
     def labels(n: int) -> list[str]:
@@ -194,7 +200,8 @@ class RefereeTemplate:
     def messages(
         self, prompt: str, responses: Sequence[str], order: Sequence[int], reference: str | None = None
     ) -> list[dict[str, str]]:
-        """Renders one judging task: a system message (when ``system`` is set), then one user message.
+        """Renders one judging task: a system message (when ``system`` is set), then one user message, then the
+        start of the assistant's reply when ``response_prefix`` is set.
 
         Args:
             prompt: The user prompt the responses answer.
@@ -219,15 +226,32 @@ class RefereeTemplate:
         if self.reminder:
             parts.append(self._fill(self.reminder, names, with_reference))
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, {"role": "user", "content": "\n\n".join(parts)}]
+        prefill = [{"role": "assistant", "content": self.response_prefix}] if self.response_prefix else []
+        return [*system, {"role": "user", "content": "\n\n".join(parts)}, *prefill]
 
     def parse(self, completion: str, n: int, prompt: str | None = None) -> ParsedRanking | ParseFailure:
         """Reads a verdict over ``n`` responses with this template's tags and tie rule (see :func:`parse_ranking`).
 
         Pass the judging ``prompt`` (its text, rendered or as messages' content) so that a ranking block the
         completion merely copies from the prompt, such as the format example, is never read as the verdict.
+        A ``response_prefix`` is read as the start of the completion (the model continued it).
         """
-        return parse_ranking(completion, n, self.allow_ties, self.open_tag, self.close_tag, prompt)
+        prefilled = bool(self.response_prefix) and isinstance(completion, str)
+        text = self.response_prefix + completion if prefilled else completion
+        opens_block = prefilled and _tag_patterns(self.open_tag, self.close_tag, False)[0].match(text) is not None
+        return parse_ranking(text, n, self.allow_ties, self.open_tag, self.close_tag, prompt, opens_block)
+
+    def summary(self, width: int = 70) -> str:
+        """One line naming this template's verdict format and the start of its instruction (for warnings and logs)."""
+        instruction = " ".join(self.instruction.split())
+        if len(instruction) > width:
+            instruction = instruction[: width - 3] + "..."
+        return (
+            f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, ties {'allowed' if self.allow_ties else 'not allowed'}, "
+            f"reminder {'on' if self.reminder else 'off'}, system prompt {'on' if self.system else 'off'}, "
+            f"reply prefix {self.response_prefix!r}, "
+            f"instruction {instruction!r})"
+        )
 
     def _clip(self, text: str) -> str:
         limit = self.max_response_chars
@@ -280,13 +304,16 @@ _TOKEN = re.compile(r"\w+|\S")
 
 def parse_ranking(
     text: str, n: int, allow_ties: bool = False, open_tag: str = "<ranking>", close_tag: str = "</ranking>",
-    prompt: str | None = None,
+    prompt: str | None = None, prefilled: bool = False,
 ) -> ParsedRanking | ParseFailure:
     """Reads the final ranking of ``n`` labels from a referee's completion; never raises on any completion.
 
     The last complete block wins: the last opening tag before a closing tag, up to the first closing tag after
     it. With ``prompt`` given, blocks that are echoes of the prompt are passed over (see :func:`is_echo`): a
-    model that repeats its instructions must not be credited with the example ranking they show.
+    model that repeats its instructions must not be credited with the example ranking they show. With
+    ``prefilled``, ``text`` starts with an opening tag that the prompt wrote into the reply (a template's
+    ``response_prefix``): a block opened there holds labels the model wrote itself, so it is never an echo, even
+    when the model goes on to copy the text that follows the example in the prompt.
     Tags match in any case and with whitespace between their pieces (``< /RANKING >``). Inside, labels are
     separated by ``>`` (and ``=`` when ``allow_ties``); whitespace is ignored. Lowercase labels are accepted
     (``b > a``): with single letters they are unambiguous, and format compliance is judged by the tags and the
@@ -307,7 +334,8 @@ def parse_ranking(
     tail = text[-PARSE_TAIL_CHARS:]
     spans = _block_spans(tail, open_tag, close_tag)
     if prompt:
-        echoed = [span for span in spans if is_echo(tail, span, prompt)]
+        own = (0,) if prefilled and len(text) <= PARSE_TAIL_CHARS else ()  # the prefilled opener starts the text
+        echoed = [span for span in spans if span[0] not in own and is_echo(tail, span, prompt)]
         spans = [span for span in spans if span not in echoed]
         if echoed and not spans:
             return ParseFailure("no_ranking", f"the only {open_tag}...{close_tag} block copies the prompt")
