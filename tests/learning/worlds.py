@@ -9,14 +9,17 @@ presentation orders); GRPO on preference rows alone must then teach it to judge 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from urpo.data.schema import PreferenceRow
+from urpo.data.schema import OpenRow, PreferenceRow
 from urpo.prompts import render_chat
 from urpo.referee import RefereeTemplate
+from urpo.rollout import RolloutBatch
 
 REFEREE = RefereeTemplate(system=None, instruction="Rank the {n} responses, best first, as {example}.", reminder=None)
 """Verdict first and nothing else: the judgment is a handful of tokens, so a GRPO step takes a fraction of a second."""
@@ -89,3 +92,89 @@ def save(model, tokenizer, folder: Path) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+# ---- The self-judge world ---------------------------------------------------------------------------------------
+# Open rows ask ``What is a + b?``; the truth, kept from the policy and its rewards, is that an answer to a sum
+# should be a number: its quality is the share of its visible characters that are digits. The referee that scores
+# the policy's answers is a scripted judge of KNOWN accuracy, reached through the real SelfJudge path (judging
+# prompts, shuffles, parser, Borda aggregation): it ranks the shown answers by their true quality, except that a
+# set share of its judgments are uniformly random rankings.
+
+
+def open_rows(pairs: Sequence[tuple[int, int]], source: str) -> list[OpenRow]:
+    """One open row per problem; nothing in the row tells the policy or the judge what a good answer is."""
+    return [OpenRow(source=source, index=i, prompt=f"What is {a} + {b}?") for i, (a, b) in enumerate(pairs)]
+
+
+def digit_share(answer: str) -> float:
+    """The truth's quality of an answer: the share of its non-space characters that are digits (0 when empty)."""
+    visible = [c for c in answer if not c.isspace()]
+    return sum(c.isdigit() for c in visible) / len(visible) if visible else 0.0
+
+
+def is_correct(answer: str) -> bool:
+    """An answer the truth accepts: mostly digits."""
+    return digit_share(answer) > 0.5
+
+
+_SHOWN = re.compile(r"\[Response ([A-Z])\]\n(.*?)\n\[End of Response \1\]", re.DOTALL)
+
+
+class NoisyTruthJudge:
+    """A judge whose error rate is known: it ranks the shown responses by :func:`digit_share`, best first, except
+    that with probability ``error_rate`` a judgment is a uniformly random ranking. Ties in quality are broken at
+    random (a position-biased tie-break would be a bias of its own). Seeded, so a run is reproducible."""
+
+    def __init__(self, error_rate: float, template: RefereeTemplate, seed: int) -> None:
+        self.error_rate, self.template, self.rng = error_rate, template, random.Random(seed)
+        self.judgments = self.random_judgments = 0
+
+    def __call__(self, prompt: str) -> str:
+        shown = [body for _, body in _SHOWN.findall(prompt)]
+        order = list(range(len(shown)))
+        self.rng.shuffle(order)
+        self.judgments += 1
+        if self.rng.random() < self.error_rate:
+            self.random_judgments += 1
+        else:
+            order.sort(key=lambda k: -digit_share(shown[k]))  # stable: equal qualities keep their random order
+        labels = self.template.labels(len(shown))
+        return f"{self.template.open_tag}{' > '.join(labels[k] for k in order)}{self.template.close_tag}"
+
+
+class JudgeRoutingEngine:
+    """The module's rollout engine, except that judging prompts (those that show ``[Response A]``) are answered
+    by ``judge``: the player's answers come from the real policy, the self-judgments from a judge we control."""
+
+    def __init__(self, policy_engine: Any, judge: NoisyTruthJudge) -> None:
+        self.policy_engine, self.judge = policy_engine, judge
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: Any) -> RolloutBatch:
+        judging = ["[Response A]" in p for p in prompts]
+        if not any(judging):
+            return self.policy_engine.generate(prompts, n, sampling)
+        if not all(judging):
+            raise AssertionError("a rollout call mixed player and judging prompts")
+        tokenizer = self.policy_engine.tokenizer
+        texts = [self.judge(p) for p in prompts for _ in range(n)]
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return RolloutBatch(
+            prompt_ids=[encode(p) for p in prompts], completion_ids=[encode(t) + [tokenizer.eos_token_id] for t in texts],
+            texts=texts, finish_reasons=["stop"] * len(texts),
+        )  # fmt: skip
+
+    def sync_weights(self) -> None:
+        self.policy_engine.sync_weights()
+
+
+def open_quality(model, tokenizer, rows: Sequence[OpenRow], samples: int, max_new_tokens: int, seed: int) -> tuple[float, float]:
+    """(share of correct answers, mean quality) of ``samples`` sampled answers per held-out row, seeded."""
+    from urpo.prompts import PlayerTemplate
+    from urpo.rollout import HFGenerateEngine, SamplingArgs
+
+    prompts = [render_chat(tokenizer, PlayerTemplate().messages(row)) for row in rows]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        texts = HFGenerateEngine(lambda: model, tokenizer).generate(prompts, samples, SamplingArgs(max_new_tokens=max_new_tokens)).texts
+    return sum(map(is_correct, texts)) / len(texts), sum(map(digit_share, texts)) / len(texts)
