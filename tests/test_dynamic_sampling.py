@@ -132,3 +132,8 @@ def test_a_training_step_updates_on_the_kept_groups_and_logs_the_drop(tiny_model
     # Reward metrics describe every sampled group: 4 of the 5 were all-equal.
     assert float(logged["groups/zero_variance_frac"]) == pytest.approx(0.8)
     assert float(logged["rows/verifiable"]) == 3.0
+    # The per-kind view of the same loss of signal, logged every step.
+    assert float(logged["groups/verifiable_zero_variance_frac"]) == pytest.approx(2 / 3)
+    assert float(logged["groups/open_zero_variance_frac"]) == 1.0
+    assert float(logged["reward/open_group_spread"]) == 0.0
+    assert float(logged["reward/verifiable_group_spread"]) > 0.0
