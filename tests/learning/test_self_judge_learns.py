@@ -21,13 +21,14 @@ from torch.utils.data import DataLoader
 from tests.learning.worlds import JudgeRoutingEngine, NoisyTruthJudge, digit_share, open_quality, open_rows, split_pairs
 from urpo.config import GRPOArgs, LoggingArgs
 from urpo.models import ModelArgs
+from urpo.referee import RefereeTemplate
 from urpo.module import URPOModule
 from urpo.rewards import SelfJudge
 from urpo.rollout import SamplingArgs
 
 ERROR_RATE = 0.3
 """Share of the judge's rankings that are uniformly random: its pairwise accuracy is 1 - 0.3 / 2 = 0.85."""
-STEPS, ROWS_PER_STEP, G, MAX_NEW_TOKENS = 30, 8, 6, 8
+STEPS, ROWS_PER_STEP, G, MAX_NEW_TOKENS = 20, 8, 6, 8
 
 
 class ProbedSelfJudge(SelfJudge):
@@ -61,7 +62,7 @@ def truth_agreement(groups: list[tuple[list[float], list[float]]]) -> float:
 def run_world(model_dir: str, seed: int) -> dict[str, float]:
     L.seed_everything(seed)
     _, train, held = split_pairs(seed)
-    judge = NoisyTruthJudge(ERROR_RATE, template=URPOModule.__init__.__defaults__[4], seed=seed)  # the default referee
+    judge = NoisyTruthJudge(ERROR_RATE, template=RefereeTemplate(), seed=seed)  # the module's default referee
     probe = ProbedSelfJudge(judgments_per_group=2, seed=seed)
 
     class Module(URPOModule):
@@ -91,12 +92,13 @@ def run_world(model_dir: str, seed: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_judge_of_known_accuracy_makes_open_rows_learn(tiny_model_dir, seed):
+    """Measured (seeds 0, 1, 2): agreement 0.865 / 0.863 / 0.857; held-out accuracy 0.08 -> 0.74, 0.05 -> 0.62,
+    0.13 -> 0.68; mean quality 0.25 -> 0.62, 0.26 -> 0.57, 0.28 -> 0.59. The margins below are a third of that."""
     result = run_world(tiny_model_dir, seed)
-    print(result)
-    assert abs(result["random_share"] - ERROR_RATE) < 0.1  # the judge really erred at its set rate
-    # Rewards agree with the truth well above chance (0.5); a judge right on 85% of pairs gives about that.
+    assert abs(result["random_share"] - ERROR_RATE) < 0.1, result  # the judge really erred at its set rate
+    # Rewards agree with the truth well above chance (0.5): a judge right on 85% of pairs, aggregated by Borda.
     assert result["agreement"] > 0.7, result
     assert result["accuracy_after"] > result["accuracy_before"] + 0.2, result
-    assert result["quality_after"] > result["quality_before"] + 0.2, result
+    assert result["quality_after"] > result["quality_before"] + 0.1, result
