@@ -19,7 +19,9 @@ import torch
 from urpo.metrics import zero_variance
 
 
-def select_groups(kinds: Sequence[str], rewards: torch.Tensor, quotas: Mapping[str, int]) -> tuple[list[int], dict[str, float]]:
+def select_groups(
+    kinds: Sequence[str], rewards: torch.Tensor, quotas: Mapping[str, int]
+) -> tuple[list[int], dict[str, float]]:
     """The groups to train on: per kind, ``quotas[kind]`` of them, groups whose rewards differ first.
 
     Args:

@@ -23,7 +23,7 @@ from urpo.module import URPOModule
 from urpo.rewards import PreferenceReward
 from urpo.rollout import SamplingArgs
 
-WARM_STEPS, VERDICT_WEIGHT, STEPS, ROWS_PER_STEP, G, LR = 120, 1.0, 30, 16, 8, 1e-3
+WARM_STEPS, VERDICT_WEIGHT, STEPS, ROWS_PER_STEP, G, LR = 200, 1.0, 30, 16, 8, 1e-3
 TRACKED = ("reward/preference_mean", "groups/preference_zero_variance_frac", "reward/preference_group_spread",
            "reward/preference_reward/parse_failure_rate", "train/entropy")  # fmt: skip
 
