@@ -25,7 +25,7 @@ from urpo.rollout import SamplingArgs
 
 WARM_STEPS, VERDICT_WEIGHT, STEPS, ROWS_PER_STEP, G, LR = 200, 1.0, 30, 16, 8, 1e-3
 TRACKED = ("reward/preference_mean", "groups/preference_zero_variance_frac", "reward/preference_group_spread",
-           "reward/preference_reward/parse_failure_rate", "train/entropy")  # fmt: skip
+           "reward/preference_reward/parse_failure_rate", "reward/preference_reward/first_shown_top", "train/entropy")  # fmt: skip
 
 
 class History(L.Callback):
