@@ -2,8 +2,9 @@
 
 The referee world: a preference row asks for ``What is a + b?`` and shows two responses, the solved answer
 (``\\boxed{12}``) and a non-answer (``I do not know.``); the gold prefers the answer. A tiny model is first taught
-only the verdict format, with verdicts drawn at random, so it starts as a judge at chance (50% over both
-presentation orders); GRPO on preference rows alone must then teach it to judge problems it never saw.
+the judging prompts and the verdict format, with verdicts drawn at random, so it starts as a judge at chance (50%
+over both presentation orders); GRPO on preference rows alone must then teach it to judge problems it never saw.
+The self-judge world is further down.
 """
 
 from __future__ import annotations
@@ -46,19 +47,34 @@ def split_pairs(seed: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, i
 
 
 def teach_format(
-    model, tokenizer, rows: Sequence[PreferenceRow], steps: int, seed: int, lr: float = 3e-3, verdict_weight: float = 1.0
-) -> None:
+    model, tokenizer, rows: Sequence[PreferenceRow], seed: int, lr: float = 3e-3, pretrain_steps: int = 120,
+    check_every: int = 40, max_polish_steps: int = 320, max_failure_rate: float = 0.05,
+) -> float:
     """Supervised warm start on judging prompts whose target verdict is a RANDOM order: the format, not the judging.
 
-    The loss also models the prompt text, as pretraining would: the model learns what judging prompts look like
-    (which response block a token sits in, that a boxed answer follows ``[Response X]``), but nothing that links a
-    verdict to the responses, so it judges at chance. Without that pretraining a 2-layer model sits on a long
-    plateau before it can read which block holds the answer, under supervision as under RL (75+ steps instead of
-    15-30). The verdict tokens get their own loss term, so that sampled verdicts are well formed (about 1 in 100
-    fails to parse) and RL starts from an undecided, unbiased judge rather than from a format still being learned.
+    First ``pretrain_steps`` steps also model the prompt text, as pretraining would: the model learns what judging
+    prompts look like (which response block a token sits in, that a boxed answer follows ``[Response X]``) but
+    nothing that links a verdict to the responses, so it judges at chance. Without that a 2-layer model sits on a
+    long plateau before it can read which block holds the answer (75+ supervised steps instead of 15-30).
+    Then verdict-only steps polish the format until at most ``max_failure_rate`` of sampled verdicts fail to parse
+    (checked every ``check_every`` steps). That matters: a judge whose verdicts often fail to parse spends its
+    first GRPO steps on the format, and the format penalty, falling more on one verdict string than the other,
+    turns it into a judge that always names one position, whose gradient then vanishes.
+
+    Returns:
+        The parse-failure rate of sampled verdicts reached.
     """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    _teach(model, tokenizer, rows, rng, optimizer, pretrain_steps, with_prompt=True)
+    failures, polished = verdict_failure_rate(model, tokenizer, rows, seed), 0
+    while failures > max_failure_rate and polished < max_polish_steps:
+        _teach(model, tokenizer, rows, rng, optimizer, check_every, with_prompt=False)
+        failures, polished = verdict_failure_rate(model, tokenizer, rows, seed), polished + check_every
+    return failures
+
+
+def _teach(model, tokenizer, rows, rng: random.Random, optimizer, steps: int, with_prompt: bool) -> None:
     model.train()
     for _ in range(steps):
         batch = []
@@ -69,12 +85,29 @@ def teach_format(
             target = f"{REFEREE.open_tag}{verdict}{REFEREE.close_tag}"
             batch.append((tokenizer(prompt)["input_ids"], tokenizer(target)["input_ids"] + [tokenizer.eos_token_id]))
         verdict_loss, prompt_loss = _supervised_losses(model, batch, tokenizer.pad_token_id)
-        (verdict_weight * verdict_loss + prompt_loss).backward()
+        (verdict_loss + prompt_loss if with_prompt else verdict_loss).backward()
         optimizer.step()
         optimizer.zero_grad()
 
 
-def _supervised_losses(model, batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def verdict_failure_rate(model, tokenizer, rows: Sequence[PreferenceRow], seed: int, count: int = 32) -> float:
+    """Share of sampled verdicts (temperature 1, two per prompt, both orders of ``count`` rows) that fail to parse."""
+    from urpo.referee import ParsedRanking
+    from urpo.rollout import HFGenerateEngine, SamplingArgs
+
+    shown = [REFEREE.messages(r.prompt, r.responses, order) for r in rows[:count] for order in ([0, 1], [1, 0])]
+    prompts = [render_chat(tokenizer, messages) for messages in shown]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        texts = HFGenerateEngine(lambda: model, tokenizer).generate(prompts, 2, SamplingArgs(max_new_tokens=12)).texts
+    model.train()
+    parsed = [REFEREE.parse(text, 2, prompts[i // 2]) for i, text in enumerate(texts)]
+    return sum(not isinstance(p, ParsedRanking) for p in parsed) / len(parsed)
+
+
+def _supervised_losses(
+    model, batch: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token losses over the target tokens and over the prompt tokens of ``(prompt, target)`` pairs."""
     width = max(len(p) + len(t) for p, t in batch)
     ids = torch.full((len(batch), width), pad_id)  # [B, T]
@@ -175,7 +208,8 @@ class JudgeRoutingEngine:
         texts = [self.judge(p) for p in prompts for _ in range(n)]
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         return RolloutBatch(
-            prompt_ids=[encode(p) for p in prompts], completion_ids=[encode(t) + [tokenizer.eos_token_id] for t in texts],
+            prompt_ids=[encode(p) for p in prompts],
+            completion_ids=[encode(t) + [tokenizer.eos_token_id] for t in texts],
             texts=texts, finish_reasons=["stop"] * len(texts),
         )  # fmt: skip
 
@@ -183,7 +217,9 @@ class JudgeRoutingEngine:
         self.policy_engine.sync_weights()
 
 
-def open_quality(model, tokenizer, rows: Sequence[OpenRow], samples: int, max_new_tokens: int, seed: int) -> tuple[float, float]:
+def open_quality(
+    model, tokenizer, rows: Sequence[OpenRow], samples: int, max_new_tokens: int, seed: int
+) -> tuple[float, float]:
     """(share of correct answers, mean quality) of ``samples`` sampled answers per held-out row, seeded."""
     from urpo.prompts import PlayerTemplate
     from urpo.rollout import HFGenerateEngine, SamplingArgs
@@ -191,5 +227,6 @@ def open_quality(model, tokenizer, rows: Sequence[OpenRow], samples: int, max_ne
     prompts = [render_chat(tokenizer, PlayerTemplate().messages(row)) for row in rows]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        texts = HFGenerateEngine(lambda: model, tokenizer).generate(prompts, samples, SamplingArgs(max_new_tokens=max_new_tokens)).texts
+        engine = HFGenerateEngine(lambda: model, tokenizer)
+        texts = engine.generate(prompts, samples, SamplingArgs(max_new_tokens=max_new_tokens)).texts
     return sum(map(is_correct, texts)) / len(texts), sum(map(digit_share, texts)) / len(texts)
