@@ -83,7 +83,10 @@ def _teach(model, tokenizer, rows, rng: random.Random, optimizer, steps: int, wi
             verdict = " > ".join(rng.sample(REFEREE.labels(2), 2))
             prompt = render_chat(tokenizer, REFEREE.messages(row.prompt, row.responses, order))
             target = f"{REFEREE.open_tag}{verdict}{REFEREE.close_tag}"
-            batch.append((tokenizer(prompt)["input_ids"], tokenizer(target)["input_ids"] + [tokenizer.eos_token_id]))
+            # The instruction is not modelled: a model that learned its example ranking and the text after it would
+            # continue a verdict 'B > A' with the prompt, and a verdict followed by prompt text is an echo.
+            skip = len(tokenizer(prompt[: prompt.index("[User Prompt]")])["input_ids"])
+            batch.append((tokenizer(prompt)["input_ids"], tokenizer(target)["input_ids"] + [tokenizer.eos_token_id], skip))
         verdict_loss, prompt_loss = _supervised_losses(model, batch, tokenizer.pad_token_id)
         (verdict_loss + prompt_loss if with_prompt else verdict_loss).backward()
         optimizer.step()
@@ -106,20 +109,23 @@ def verdict_failure_rate(model, tokenizer, rows: Sequence[PreferenceRow], seed: 
 
 
 def _supervised_losses(
-    model, batch: Sequence[tuple[list[int], list[int]]], pad_id: int
+    model, batch: Sequence[tuple[list[int], list[int], int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token losses over the target tokens and over the prompt tokens of ``(prompt, target)`` pairs."""
+    """Mean next-token losses over the target tokens and over the prompt tokens (from position ``skip`` on) of
+    ``(prompt, target, skip)`` triples."""
     width = max(len(p) + len(t) for p, t in batch)
     ids = torch.full((len(batch), width), pad_id)  # [B, T]
     mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
     in_target = torch.zeros((len(batch), width), dtype=torch.bool)  # [B, T]
-    for i, (prompt, target) in enumerate(batch):
+    modelled = torch.zeros((len(batch), width), dtype=torch.bool)  # [B, T]
+    for i, (prompt, target, skip) in enumerate(batch):
         seq = prompt + target
         ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
         in_target[i, len(prompt) : len(seq)] = True
+        modelled[i, skip : len(seq)] = True
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # [B, T-1, V]
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # [B, T-1]
-    predicted = mask[:, 1:].bool()  # [B, T-1]: positions whose next token is real
+    predicted = mask[:, 1:].bool() & modelled[:, 1:]  # [B, T-1]: positions whose next token is modelled
     target, prompt = predicted & in_target[:, 1:], predicted & ~in_target[:, 1:]
     return losses[target].mean(), losses[prompt].mean()
 
