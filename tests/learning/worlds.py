@@ -113,7 +113,7 @@ def _supervised_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token losses over the target tokens and over the prompt tokens (from position ``skip`` on) of
     ``(prompt, target, skip)`` triples."""
-    width = max(len(p) + len(t) for p, t in batch)
+    width = max(len(p) + len(t) for p, t, _ in batch)
     ids = torch.full((len(batch), width), pad_id)  # [B, T]
     mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
     in_target = torch.zeros((len(batch), width), dtype=torch.bool)  # [B, T]
