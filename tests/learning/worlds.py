@@ -83,8 +83,8 @@ def _teach(model, tokenizer, rows, rng: random.Random, optimizer, steps: int, wi
             verdict = " > ".join(rng.sample(REFEREE.labels(2), 2))
             prompt = render_chat(tokenizer, REFEREE.messages(row.prompt, row.responses, order))
             target = f"{REFEREE.open_tag}{verdict}{REFEREE.close_tag}"
-            # The instruction is not modelled: a model that learned its example ranking and the text after it would
-            # continue a verdict 'B > A' with the prompt, and a verdict followed by prompt text is an echo.
+            # The instruction is not modelled: it shows an example verdict (always 'B > A' for two responses), and
+            # the verdict should be learned from the random targets alone.
             skip = len(tokenizer(prompt[: prompt.index("[User Prompt]")])["input_ids"])
             batch.append((tokenizer(prompt)["input_ids"], tokenizer(target)["input_ids"] + [tokenizer.eos_token_id], skip))
         verdict_loss, prompt_loss = _supervised_losses(model, batch, tokenizer.pad_token_id)
