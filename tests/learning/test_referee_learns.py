@@ -4,6 +4,13 @@ The world is in :mod:`tests.learning.worlds`: preference rows ``What is a + b?``
 non-answer; a tiny model is warm-started on the judging prompts with RANDOM verdicts, so it writes well-formed
 verdicts but judges at chance (50% over both presentation orders). Then URPOModule + PreferenceReward run GRPO on
 preference rows only, and the greedy judging accuracy on problems never seen in training must rise by 10+ points.
+
+Measured (seed 0, under heavy CPU load): the warm start's sampled verdicts fail to parse 0.8% of the time; GRPO's
+per-kind metrics then show every group informative at first (zero-variance share 0, spread ~0.5, first_shown_top
+~0.5), the mean preference reward climbs 0.46 -> ~0.9 by step 20, and held-out greedy accuracy goes 0.50 -> 1.00.
+Seeds 1 and 2 do NOT get there yet: their warm start keeps writing repeated labels (``A > A``) on about half the
+sampled verdicts, and the test stops there with that message; in earlier variants such a start led GRPO into a
+judge that always names one position (reward exactly 0.5, spread 0.5, no learning). See docs/referee.md.
 """
 
 from __future__ import annotations

@@ -83,10 +83,7 @@ def _teach(model, tokenizer, rows, rng: random.Random, optimizer, steps: int, wi
             verdict = " > ".join(rng.sample(REFEREE.labels(2), 2))
             prompt = render_chat(tokenizer, REFEREE.messages(row.prompt, row.responses, order))
             target = f"{REFEREE.open_tag}{verdict}{REFEREE.close_tag}"
-            # The instruction is not modelled: it shows an example verdict (always 'B > A' for two responses), and
-            # the verdict should be learned from the random targets alone.
-            skip = len(tokenizer(prompt[: prompt.index("[User Prompt]")])["input_ids"])
-            batch.append((tokenizer(prompt)["input_ids"], tokenizer(target)["input_ids"] + [tokenizer.eos_token_id], skip))
+            batch.append((tokenizer(prompt)["input_ids"], tokenizer(target)["input_ids"] + [tokenizer.eos_token_id]))
         verdict_loss, prompt_loss = _supervised_losses(model, batch, tokenizer.pad_token_id)
         (verdict_loss + prompt_loss if with_prompt else verdict_loss).backward()
         optimizer.step()
@@ -109,23 +106,20 @@ def verdict_failure_rate(model, tokenizer, rows: Sequence[PreferenceRow], seed: 
 
 
 def _supervised_losses(
-    model, batch: Sequence[tuple[list[int], list[int], int]], pad_id: int
+    model, batch: Sequence[tuple[list[int], list[int]]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token losses over the target tokens and over the prompt tokens (from position ``skip`` on) of
-    ``(prompt, target, skip)`` triples."""
-    width = max(len(p) + len(t) for p, t, _ in batch)
+    """Mean next-token losses over the target tokens and over the prompt tokens of ``(prompt, target)`` pairs."""
+    width = max(len(p) + len(t) for p, t in batch)
     ids = torch.full((len(batch), width), pad_id)  # [B, T]
     mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
     in_target = torch.zeros((len(batch), width), dtype=torch.bool)  # [B, T]
-    modelled = torch.zeros((len(batch), width), dtype=torch.bool)  # [B, T]
-    for i, (prompt, target, skip) in enumerate(batch):
+    for i, (prompt, target) in enumerate(batch):
         seq = prompt + target
         ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
         in_target[i, len(prompt) : len(seq)] = True
-        modelled[i, skip : len(seq)] = True
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # [B, T-1, V]
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # [B, T-1]
-    predicted = mask[:, 1:].bool() & modelled[:, 1:]  # [B, T-1]: positions whose next token is modelled
+    predicted = mask[:, 1:].bool()  # [B, T-1]: positions whose next token is real
     target, prompt = predicted & in_target[:, 1:], predicted & ~in_target[:, 1:]
     return losses[target].mean(), losses[prompt].mean()
 
