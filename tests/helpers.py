@@ -20,8 +20,11 @@ def tiny_corpus() -> list[str]:
     return corpus
 
 
-def build_tiny_model(folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Train a byte-level BPE tokenizer and save it with a random tiny Qwen2 causal LM into ``folder``."""
+def build_tiny_model(
+    folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0, corpus: list[str] | None = None
+) -> Path:
+    """Train a byte-level BPE tokenizer (on ``corpus``, default :func:`tiny_corpus`) and save it with a random tiny
+    Qwen2 causal LM into ``folder``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -34,7 +37,7 @@ def build_tiny_model(folder: Path, hidden: int = 64, layers: int = 2, seed: int 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tiny_corpus(), trainer)
+    tok.train_from_iterator(corpus or tiny_corpus(), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
     )

@@ -45,7 +45,7 @@ def reward_metrics(episodes: Sequence[Episode], rewards: torch.Tensor) -> dict[s
 
 
 def _zero_variance_frac(rewards: torch.Tensor) -> float:
-    return sum(_zero_variance(r) for r in rewards) / max(len(rewards), 1)  # rewards: [n, G]
+    return sum(zero_variance(r) for r in rewards) / max(len(rewards), 1)  # rewards: [n, G]
 
 
 def _group_spread(rewards: torch.Tensor) -> float:
@@ -58,7 +58,8 @@ def _group_spread(rewards: torch.Tensor) -> float:
     return sum(spreads) / len(spreads) if spreads else float("nan")
 
 
-def _zero_variance(group: torch.Tensor) -> bool:
+def zero_variance(group: torch.Tensor) -> bool:
+    """Whether a group's valid rewards are all equal (or fewer than two): its advantages are all zero."""
     valid = group[~torch.isnan(group)]  # [K]
     return valid.numel() < 2 or bool((valid == valid[0]).all())
 

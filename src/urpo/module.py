@@ -22,6 +22,7 @@ from urpo import metrics as step_metrics
 from urpo import progress
 from urpo.config import EngineName, GRPOArgs, LoggingArgs, RolloutCorrectionArgs
 from urpo.data.schema import ROW_KINDS, Row
+from urpo.dynamic_sampling import select_groups
 from urpo.engines import correction
 from urpo.engines.vllm_engine import VLLMArgs
 from urpo.errors import ConfigError
@@ -200,6 +201,8 @@ class URPOModule(L.LightningModule):
             episodes = self.rollout(batch, batch_idx)
         with timer("score"):
             rewards, reward_metrics = self.score(episodes, timer)  # [N, G]
+        sampled, sampled_rewards = episodes, rewards
+        episodes, rewards, selection_metrics = self._dynamic_sampling(batch, episodes, rewards)  # [K, G]
         advantages = group_advantages(
             rewards, scale=self.grpo.advantage_scale, leave_one_out=self.grpo.leave_one_out
         )  # [N, G]
@@ -207,7 +210,9 @@ class URPOModule(L.LightningModule):
         skipped_before = self.skipped_steps
         with timer("update"):
             update_metrics = self.update(sequences, correction.behaviour_rows(episodes, sequences))
-        metrics = step_metrics.step_metrics(episodes, rewards, advantages, self.tokenizer, self.sampling)
+        # Rewards and lengths describe every sampled group (what the policy does), the update the kept ones.
+        metrics = step_metrics.step_metrics(sampled, sampled_rewards, advantages, self.tokenizer, self.sampling)
+        metrics.update(selection_metrics)
         outcome = progress.outcome(update_metrics, self.skipped_steps - skipped_before, self.grpo.num_iterations)
         self.progress.record(outcome, metrics["reward/missing_frac"], [r.name for r in self.rewards])
         metrics.update(reward_metrics)
@@ -219,6 +224,17 @@ class URPOModule(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
         self._maybe_write_samples(episodes, rewards, advantages, step)
+
+    def _dynamic_sampling(
+        self, batch: Sequence[Row], episodes: list[Episode], rewards: torch.Tensor
+    ) -> tuple[list[Episode], torch.Tensor, dict[str, float]]:
+        """The groups to train on: those DAPO's dynamic sampling keeps when the batch was over-sampled (it then
+        carries the rows of each kind to keep, see :mod:`urpo.dynamic_sampling`), else all of them."""
+        quotas = getattr(batch, "quotas", None)
+        if not quotas:
+            return episodes, rewards, {}
+        keep, metrics = select_groups([e.row.kind for e in episodes], rewards, quotas)
+        return [episodes[i] for i in keep], rewards[keep], metrics  # rewards: [K, G]
 
     def validation_step(self, batch: Sequence[Row], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")

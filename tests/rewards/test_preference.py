@@ -80,7 +80,22 @@ def test_metrics_count_failures_and_accuracy() -> None:
     assert m["parse_failure/missing_label"] == 0.0
     assert m["referee_accuracy"] == pytest.approx((1.0 + 2 / 3) / 2)  # pairwise accuracy of the parsed ones
     assert m["agreement"] == pytest.approx(0.5)  # top1 of the parsed ones
+    assert m["first_shown_top"] == 0.0  # both parsed verdicts put B or C, never the first shown (A), on top
     assert "position_consistency" not in m
+
+
+def test_first_shown_top_measures_position_bias_over_mirrored_orders() -> None:
+    callback = PreferenceReward()
+    callback.setup(fake_module())
+    always_a = preference_episode([ranking("A", "B")] * 4, [0, 1])
+    always_a.meta["orders"] = [[0, 1], [0, 1], [1, 0], [1, 0]]
+    result = callback.score([always_a])
+    assert result.metrics["first_shown_top"] == 1.0  # a judge that always names A, whatever is shown there
+    assert result.rewards.tolist() == [[1.0, 1.0, 0.0, 0.0]]  # right exactly when the better one is shown first
+    reader = preference_episode([ranking("A", "B"), ranking("A", "B"), ranking("B", "A"), ranking("B", "A")], [0, 1])
+    reader.meta["orders"] = always_a.meta["orders"]
+    result = callback.score([reader])
+    assert result.metrics["first_shown_top"] == 0.5 and result.rewards.tolist() == [[1.0, 1.0, 1.0, 1.0]]
 
 
 def test_all_failures_give_nan_accuracy_not_an_error() -> None:

@@ -8,6 +8,7 @@ supported files and public dataset formats.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,11 +29,16 @@ PromptOverflow = Literal["drop", "truncate"]
 
 
 class RowBatch(list):
-    """A list of rows that also carries the data position reached once it is consumed (for exact resume)."""
+    """A list of rows that also carries the data position reached once it is consumed (for exact resume).
 
-    def __init__(self, rows: Sequence[Row], state: Mapping[str, Any]) -> None:
+    ``quotas``, when set, is how many rows of each kind to train on: the batch was over-sampled for DAPO's dynamic
+    sampling (``URPODataModule(oversample=...)``) and the module keeps that many groups of each kind.
+    """
+
+    def __init__(self, rows: Sequence[Row], state: Mapping[str, Any], quotas: Mapping[str, int] | None = None) -> None:
         super().__init__(rows)
         self.state = state
+        self.quotas = dict(quotas) if quotas is not None else None
 
 
 class _BatchStream(IterableDataset):
@@ -42,12 +48,13 @@ class _BatchStream(IterableDataset):
     def __iter__(self) -> Iterator[RowBatch]:
         mixer = self.datamodule.mixer
         limit = self.datamodule.batches_per_epoch
+        keep = self.datamodule.quotas if self.datamodule.oversample > 1 else None
         start = mixer.batches
         while limit is None or mixer.batches - start < limit:
             rows = mixer.next_batch()
             if self.datamodule.skips.total:  # streamed sources skip bad records as they are read: log the count
                 self.datamodule.counters["data/skipped_records"] = float(self.datamodule.skips.total)
-            yield RowBatch(rows, mixer.state_dict())
+            yield RowBatch(rows, mixer.state_dict(), keep)
 
 
 class URPODataModule(L.LightningDataModule):
@@ -67,6 +74,10 @@ class URPODataModule(L.LightningDataModule):
             question and the latest turns are); preference rows whose responses alone overflow are dropped.
         on_bad_row: 'error' stops at the first bad record naming file, line and field; 'skip' skips and counts them.
         seed: seeds the shuffles of in-memory sources.
+        oversample: DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476): draw this many times the rows of
+            each kind per batch (rounded up), roll them all out and score them, then train on ``batch_size`` rows
+            in the exact ``mixture`` shares, preferring groups whose rewards are not all equal (those have zero
+            advantage and no gradient). 1.0 turns it off. See :mod:`urpo.dynamic_sampling`.
     """
 
     def __init__(
@@ -82,10 +93,13 @@ class URPODataModule(L.LightningDataModule):
         prompt_overflow: PromptOverflow = "drop",
         on_bad_row: OnBadRow = "error",
         seed: int = 0,
+        oversample: float = 1.0,
     ) -> None:
         super().__init__()
         if not sources:
             raise ConfigError("data.sources: at least one training source is needed")
+        if not oversample >= 1.0:  # also refuses NaN
+            raise ConfigError(f"data.oversample must be >= 1 (1: no dynamic sampling), got {oversample}")
         self.sources, self.val_sources, self.test_sources = list(sources), list(val_sources or []), list(test_sources or [])
         self.batch_size, self.eval_batch_size, self.batches_per_epoch = batch_size, eval_batch_size, batches_per_epoch
         self.max_prompt_tokens, self.prompt_overflow = max_prompt_tokens, prompt_overflow
@@ -93,6 +107,10 @@ class URPODataModule(L.LightningDataModule):
         kinds = {s.kind for s in self.sources} if all(s.kind for s in self.sources) else set(ROW_KINDS)
         self.mixture = dict(mixture) if mixture is not None else {k: 1.0 for k in ROW_KINDS if k in kinds}
         self.quotas = kind_quotas(self.mixture, batch_size)
+        """Rows of each kind trained on per batch."""
+        self.oversample = float(oversample)
+        self.draw_quotas = {k: math.ceil(q * self.oversample - 1e-9) for k, q in self.quotas.items()}
+        """Rows of each kind drawn per batch: ``quotas`` scaled by ``oversample``, rounded up."""
         rescaled = normalised_shares(self.mixture)
         if rescaled is not None:
             warnings.warn(
@@ -132,7 +150,7 @@ class URPODataModule(L.LightningDataModule):
                     cursors.setdefault(kind, []).append((spec.weight, cursor))
         transform = self._fit_prompt if self.max_prompt_tokens is not None else None
         self._warn_small_kinds(cursors)
-        return Mixer(cursors, self.quotas, transform=transform)
+        return Mixer(cursors, self.draw_quotas, transform=transform)
 
     def _warn_small_kinds(self, cursors: Mapping[RowKind, Sequence[tuple[float, Cursor]]]) -> None:
         """A kind with fewer rows in memory than its rows per batch repeats the same rows in every batch."""

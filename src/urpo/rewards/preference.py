@@ -244,6 +244,13 @@ class PreferenceReward(RewardCallback):
         out = failure_metrics(flat)
         out["referee_accuracy"] = _mean([pairwise_accuracy(v.tiers, e.row.scores) for v, e in parsed])
         out["agreement"] = _mean([self.agreement(v, e) for v, e in parsed])
+        # Position bias: 0.5 for a judge that reads the responses (presentation orders are shuffled); near 0 or 1
+        # for one that names a position. Mirrored orders then split its groups evenly (reward 0.5, spread 0.5),
+        # but a judge that always names the same position samples nothing else, and its gradient vanishes.
+        shown_first = [
+            float(order[0] in v.tiers[0]) for row, e in zip(first, episodes) for v, order in zip(row, _orders(e)) if v.parsed
+        ]
+        out["first_shown_top"] = _mean(shown_first)
         if second is not None:
             pairs = [(a, b) for ra, rb in zip(first, second) for a, b in zip(ra, rb)]
             both = [(a, b) for a, b in pairs if a.parsed and b.parsed]
