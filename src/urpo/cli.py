@@ -50,6 +50,7 @@ class URPOCLI(LightningCLI):
 EXTRA_COMMANDS = {
     "data": "urpo.data.inspect:main",
     "eval-referee": "urpo.referee_eval:main",
+    "plan": "urpo.plan.report:main",
     "plot": "urpo.plots:main",
 }
 
