@@ -16,6 +16,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from urpo.data.datamodule import URPODataModule
+from urpo.launch_env import with_env_options
 from urpo.module import URPOModule
 from urpo.plots import CurvesCallback
 
@@ -73,6 +74,7 @@ def main(args: list[str] | None = None) -> None:
         module_name, function = EXTRA_COMMANDS[argv[0]].split(":")
         getattr(importlib.import_module(module_name), function)(argv[1:])
         return
+    argv = with_env_options(argv)  # PL_FIT__TRAINER__NUM_NODES=2 etc. override the YAML (urpo.launch_env)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
     _quiet_known_warnings()
     URPOCLI(
@@ -80,6 +82,7 @@ def main(args: list[str] | None = None) -> None:
         URPODataModule,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": True},
         args=argv,
     )
 

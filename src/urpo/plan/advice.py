@@ -87,50 +87,75 @@ def _grpo(setup: RunSetup, **changes) -> RunSetup:
     return setup.replace(grpo=dataclasses.replace(setup.grpo, **changes))
 
 
-KNOBS: tuple[Knob, ...] = (
-    _micro_batch, _checkpointing, _generate_batch, _judge_prompt, _no_reference, _eight_bit, _more_ranks, _lora,
-)  # fmt: skip
-"""In the order they are suggested: the ones that change least about the training run first."""
+MILD: tuple[Knob, ...] = (_micro_batch, _checkpointing, _generate_batch, _judge_prompt, _no_reference, _eight_bit)
+"""Knobs that keep the model, the hardware and the objective's meaning, in the order they are suggested."""
+HEAVY: tuple[Knob, ...] = (_more_ranks, _lora)
+"""Knobs that change the hardware or what is trained."""
+KNOBS = MILD + HEAVY
 
 
 def fitting_changes(
     setup: RunSetup, facts: ModelFacts, budget: float, peak_of: Callable[[RunSetup], float], most: int = 3
 ) -> list[Change] | None:
-    """Up to ``most`` single settings that each bring the peak within ``budget``, or one combination of several.
+    """Settings that bring the peak within ``budget``: up to ``most`` single mild changes, else one combination of
+    mild changes, else single heavy ones (more GPUs, LoRA), else a combination of everything.
 
     ``peak_of`` maps a setup to the bytes it needs (the plan's peak plus the runtime reserve). Returns None when
     nothing urpo can change makes it fit.
     """
-    singles = []
-    for knob in KNOBS:
+    for knobs in (MILD, HEAVY):
+        singles = _singles(setup, knobs, budget, peak_of)[:most]
+        if singles:
+            return singles
+        combined = _pruned(setup, knobs if knobs is MILD else KNOBS, budget, peak_of)
+        if combined is not None:
+            return [combined]
+    return None
+
+
+def _pruned(setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]) -> Change | None:
+    """The greedy combination, then without each knob it used whose absence still fits (fewer changes to make)."""
+    best = _combination(setup, knobs, budget, peak_of)
+    if best is None:
+        return None
+    for knob in reversed(knobs):
+        fewer = tuple(k for k in knobs if k is not knob)
+        candidate = _combination(setup, fewer, budget, peak_of)
+        if candidate is not None and len(candidate.settings) < len(best.settings):
+            best, knobs = candidate, fewer
+    return best
+
+
+def _singles(setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]) -> list[Change]:
+    """For each knob alone, its mildest value that fits."""
+    found = []
+    for knob in knobs:
         for label, candidate in knob(setup):
             need = peak_of(candidate)
             if need <= budget:
-                singles.append(Change((label,), need))
+                found.append(Change((label,), need))
                 break
-        if len(singles) == most:
-            return singles
-    if singles:
-        return singles
-    return _combination(setup, budget, peak_of)
+    return found
 
 
-def _combination(setup: RunSetup, budget: float, peak_of: Callable[[RunSetup], float]) -> list[Change] | None:
-    """Greedily apply the strongest value of the knob that lowers the peak most, until it fits."""
-    chosen: list[str] = []
-    current = setup
-    for _ in range(len(KNOBS)):
-        options = [list(knob(current)) for knob in KNOBS]
-        strongest = [values[-1] for values in options if values]
-        if not strongest:
+def _combination(
+    setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]
+) -> Change | None:
+    """One step at a time (one halving, one switch), always the step that lowers the peak most, until it fits."""
+    labels: dict[Knob, str] = {}
+    current, need = setup, peak_of(setup)
+    for _ in range(64):
+        steps = [(knob, *next(iter(knob(current)), (None, None))) for knob in knobs]
+        steps = [(knob, label, candidate) for knob, label, candidate in steps if candidate is not None]
+        if not steps:
             return None
-        label, best = min(strongest, key=lambda option: peak_of(option[1]))
-        if peak_of(best) >= peak_of(current):
+        knob, label, best = min(steps, key=lambda step: peak_of(step[2]))
+        if peak_of(best) >= need:
             return None
-        chosen.append(label)
-        current = best
-        if peak_of(current) <= budget:
-            return [Change(tuple(chosen), peak_of(current))]
+        labels[knob] = label
+        current, need = best, peak_of(best)
+        if need <= budget:
+            return Change(tuple(labels[k] for k in knobs if k in labels), need)
     return None
 
 

@@ -167,10 +167,12 @@ def shapes(setup: RunSetup) -> Shapes:
     judge = setup.judge
     if judge is None:
         return Shapes(prompt, completion, micro, players, min(players, cap), 0, 0, 0, 0)
-    whole_group = prompt + g * completion
-    judge_prompt = min(judge.max_prompt_tokens or whole_group, whole_group)
-    per_chunk = g if judge.max_prompt_tokens is None else max(2, (judge.max_prompt_tokens - prompt) // completion)
-    chunks = math.ceil(g / min(per_chunk, g))
+    # SelfJudge halves the answers shown per prompt until the prompt fits its budget (never below 2).
+    per_chunk = min(judge.chunk_size or g, g)
+    while per_chunk > 2 and judge.max_prompt_tokens is not None and prompt + per_chunk * completion > judge.max_prompt_tokens:
+        per_chunk = math.ceil(per_chunk / 2)
+    chunks = math.ceil(g / per_chunk)
+    judge_prompt = prompt + per_chunk * completion
     prompts = setup.batch_size * judge.judgments_per_group * chunks  # worst case: every row of the batch is open
     judge_completion = judge.max_new_tokens or completion
     return Shapes(prompt, completion, micro, players, min(players, cap), prompts, judge_prompt, judge_completion,

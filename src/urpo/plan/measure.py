@@ -1,7 +1,7 @@
 """Measure a real run's peak memory, to hold ``urpo plan``'s estimate against it.
 
-``PeakMemory`` is a Lightning callback. In ``setup`` (after the tokenizer, before the model is loaded) it takes the
-process's baseline and resets the peak counter; when training ends it reads the peak and writes both, with the step
+``PeakMemory`` is a Lightning callback. In ``setup`` (after the tokenizer, before the model is loaded; libraries imported only for the model, such
+as peft, are imported first) it takes the process's baseline and resets the peak counter; when training ends it reads the peak and writes both, with the step
 times and token counts of the run, to a JSON file. On CUDA the figures are the caching allocator's
 (``torch.cuda.max_memory_allocated``, plus ``max_memory_reserved``); on CPU they are the process's resident set
 (``VmRSS`` / ``VmHWM`` of ``/proc/self/status``; Linux resets the high-water mark through ``/proc/self/clear_refs``).
@@ -14,6 +14,7 @@ times and token counts of the run, to a JSON file. On CUDA the figures are the c
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,16 @@ def host_peak() -> float:
     return 1024.0 * (_status_kib("VmHWM") or 0)
 
 
+def _lazy_imports(module: L.LightningModule) -> list[str]:
+    """Libraries urpo imports only once the model loads (peft, bitsandbytes): their code would count as memory."""
+    names = []
+    if getattr(module, "lora", None) is not None:
+        names.append("peft")
+    if getattr(module, "quantization", None) is not None:
+        names.append("bitsandbytes")
+    return names
+
+
 class PeakMemory(L.Callback):
     """Record the peak memory of a run above its baseline before the model loads, and its step times.
 
@@ -67,6 +78,8 @@ class PeakMemory(L.Callback):
         self._tokens: list[float] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for name in _lazy_imports(pl_module):
+            importlib.import_module(name)  # code, not tensors: keep it out of the measured peak
         cuda = trainer.strategy.root_device.type == "cuda"
         if cuda:
             torch.cuda.synchronize()

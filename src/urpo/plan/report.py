@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from urpo.errors import URPOError
+from urpo.launch_env import env_options
 from urpo.plan.advice import fitting_changes, smallest_peak
 from urpo.plan.architecture import ModelFacts, model_facts
 from urpo.plan.estimate import GB, PHASES, MemoryPlan, compute_bytes, memory_plan, shapes, step_time
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``urpo plan``; exits 0 when the config fits, 1 when it does not, 2 on bad input."""
     args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    overrides = env_options("fit") + overrides  # the PL_FIT__... variables a launcher sets for `urpo fit`
     try:
         setup = run_setup(read_config(args.config, overrides), source=args.config)
         facts = model_facts(setup.model)

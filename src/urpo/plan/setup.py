@@ -33,6 +33,7 @@ class JudgeSetup:
     max_prompt_tokens: int | None = 4096
     max_new_tokens: int | None = None
     judgments_per_group: int = 2
+    chunk_size: int | None = None
 
 
 @dataclass(frozen=True)
