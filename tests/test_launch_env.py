@@ -47,3 +47,34 @@ def test_urpo_fit_takes_keys_from_the_environment_over_the_yaml(tiny_model_dir):
     assert "default_root_dir: /shared/runs" in printed  # a key the YAML does not set
     assert "num_nodes: 5" in printed  # an option typed on the command line still wins
     assert "args parameter is intended" not in out.stderr
+
+
+def test_lightning_job_spec_runs_the_single_node_config_on_n_machines():
+    """The spec docs/scaling.md shows for lightning-sdk's Job.run: same command, nodes and GPUs from the environment."""
+    import shlex
+
+    sys.path.insert(0, str(ROOT))
+    from tools.lightning_job import job_spec
+
+    spec = job_spec("configs/qwen7b.yaml", 2, "H100_X_8", extra_args=["--data.batch_size", "8"])
+    assert spec["num_machines"] == 2 and spec["machine"] == "H100_X_8"
+    argv = shlex.split(spec["command"])
+    assert argv[:4] == ["urpo", "fit", "--config", "configs/qwen7b.yaml"]
+    assert with_env_options(argv[1:], spec["env"]) == [
+        "fit", "--config", "configs/qwen7b.yaml", "--trainer.devices", "8", "--trainer.num_nodes", "2",
+        "--data.batch_size", "8",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="num_machines"):
+        job_spec("configs/qwen7b.yaml", 0)
+
+
+def test_lightning_job_spec_binds_to_the_installed_sdk():
+    sdk = pytest.importorskip("lightning_sdk", reason="lightning-sdk is not installed (pip install lightning-sdk)")
+    import inspect
+
+    sys.path.insert(0, str(ROOT))
+    from tools.lightning_job import job_spec
+
+    spec = job_spec("configs/qwen7b.yaml", 2, "H100_X_8")
+    bound = inspect.signature(sdk.Job.run).bind(**{**spec, "machine": getattr(sdk.Machine, spec["machine"])})
+    assert bound.arguments["num_machines"] == 2
