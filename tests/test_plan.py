@@ -216,3 +216,16 @@ def test_plan_peak_is_within_25_percent_of_a_measured_run(tmp_path):
     row = run_case("tiny_test", tmp_path / "models", tmp_path / "runs")
     assert row["planned_phase"] == "update"
     assert 0.75 <= row["ratio"] <= 1.25, row
+
+
+def test_docs_quote_what_urpo_plan_prints_now(monkeypatch):
+    """docs/scaling.md's memory plans are generated (tools/plan_docs.py), never hand-written numbers."""
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    from tools.plan_docs import DOC, regenerate
+
+    text = DOC.read_text()
+    assert text.count("<!-- generated: urpo plan") == 2
+    assert regenerate(text) == text, "run python tools/plan_docs.py"
