@@ -105,6 +105,15 @@ def test_micro_batch_budget_and_checkpointing_bound_the_update(tiny_model_dir):
     assert update(budget=4096, gradient_checkpointing=True) < update(budget=4096)
 
 
+def test_vllm_engine_holds_its_weights_and_kv_cache_instead_of_hf_generation(tiny_model_dir):
+    config = tiny_config(tiny_model_dir, engine="vllm", vllm={"kv_cache_memory_bytes": 1 << 28, "dtype": "bfloat16"})
+    setup, plan = plan_of(config)
+    facts = model_facts(setup.model)
+    assert plan.term("vLLM engine weights").bytes == 2 * facts.params
+    assert plan.term("vLLM KV cache").bytes == 1 << 28
+    assert plan.term("generation: player") is None
+
+
 def test_self_judge_prompts_are_halved_like_the_self_judge_does(tiny_model_dir):
     config = tiny_config(tiny_model_dir, grpo={"num_generations": 8}, sampling={"max_new_tokens": 100},
                          rewards=[{"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 500}}])  # fmt: skip
