@@ -58,21 +58,44 @@ def build_check_model(folder: Path, on_gpu: bool) -> str:
 
     if (folder / "config.json").is_file():
         return str(folder)
-    build_tiny_model(folder)  # tokenizer (and, for the CPU fallback, the model itself)
-    if on_gpu:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not on_gpu:
+        return str(build_tiny_model(folder))
+    import torch
+    from transformers import AutoModelForCausalLM
 
-        from urpo.models import ModelArgs
-        from urpo.plan.architecture import load_config
+    from urpo.models import ModelArgs
+    from urpo.plan.architecture import load_config
 
-        config, _ = load_config(ModelArgs(CHECK_ARCHITECTURE))
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        config.eos_token_id, config.pad_token_id, config.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(folder)
+    tokenizer = sample_tokenizer()
+    config, _ = load_config(ModelArgs(CHECK_ARCHITECTURE))
+    config.eos_token_id, config.pad_token_id, config.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def sample_tokenizer(vocab: int = 8192):
+    """A byte-level BPE trained on urpo's bundled samples: English at a few characters a token, like a real one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.helpers import CHATML, tiny_corpus
+
+    texts = tiny_corpus() + [line for path in sorted(SAMPLES.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        padding_side="left")  # fmt: skip
+    tokenizer.chat_template = CHATML
+    return tokenizer
 
 
 def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, Any]:
@@ -89,7 +112,7 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         "rewards": [
             {"class_path": "urpo.rewards.MathVerifier", "init_args": {"format_reward": 0.1}},
             {"class_path": "urpo.rewards.PreferenceReward"},
-            {"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 1024, "max_new_tokens": 64}},
+            {"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 3072, "max_new_tokens": 64}},
         ],
         "grpo": {"num_generations": 8 if on_gpu else 4, "max_tokens_per_micro_batch": 8192 if on_gpu else 2048},
         "sampling": {"max_new_tokens": 256 if on_gpu else 16, "max_batch_size": 64},
@@ -103,15 +126,16 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         trainer["precision"] = "32-true"  # FSDP2's mixed-precision policy computes in bf16
         trainer["strategy"] = {"class_path": "urpo.strategies.FSDP2Strategy",
                                "init_args": {"param_dtype": "bfloat16", "activation_checkpointing": True}}  # fmt: skip
-    data = {
-        "sources": [
-            {"adapter": "gsm8k", "path": str(SAMPLES / "gsm8k_train.jsonl")},
-            {"adapter": "hh_rlhf", "path": str(SAMPLES / "hh_rlhf_harmless_base_test.jsonl")},
-            {"adapter": "instructions", "path": str(SAMPLES / "alpaca_eval_instructions.jsonl")},
-        ],
-        "mixture": {"verifiable": 0.5, "preference": 0.25, "open": 0.25},
-        "batch_size": 8 if on_gpu else 4, "max_prompt_tokens": 512, "prompt_overflow": "truncate",
-    }  # fmt: skip
+    sources = [
+        {"adapter": "gsm8k", "path": str(SAMPLES / "gsm8k_train.jsonl")},
+        {"adapter": "hh_rlhf", "path": str(SAMPLES / "hh_rlhf_harmless_base_test.jsonl")},
+        {"adapter": "instructions", "path": str(SAMPLES / "alpaca_eval_instructions.jsonl")},
+    ]
+    mixture = {"verifiable": 0.5, "preference": 0.25, "open": 0.25}
+    if not on_gpu:  # the tiny tokenizer spells English nearly byte by byte: HH-RLHF dialogues would not fit
+        sources, mixture = [sources[0], sources[2]], {"verifiable": 0.5, "open": 0.5}
+    data = {"sources": sources, "mixture": mixture, "batch_size": 8 if on_gpu else 4,
+            "max_prompt_tokens": 1024 if on_gpu else 128, "prompt_overflow": "truncate"}  # fmt: skip
     return {"seed_everything": 0, "trainer": trainer, "curves": {"enabled": False}, "model": model, "data": data}
 
 
