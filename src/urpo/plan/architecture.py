@@ -86,7 +86,7 @@ def load_config(args: ModelArgs) -> tuple[Any, str]:
     known = _known_configs()
     if source.location in known:
         facts = dict(known[source.location])
-        return _config_from_dict(facts, args.name_or_path), f"urpo's bundled copy of {source.location}'s config.json"
+        return _config_from_dict(facts), f"urpo's bundled copy of {source.location}'s config.json"
     raise ConfigError(
         f"model: no config.json for hub id {args.name_or_path!r}: it is not in the Hugging Face cache and urpo "
         f"bundles only {', '.join(sorted(known))}. Fetch it with `huggingface-cli download {args.name_or_path} "
@@ -108,7 +108,7 @@ def _known_configs() -> dict[str, dict[str, Any]]:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def _config_from_dict(facts: dict[str, Any], name: str) -> Any:
+def _config_from_dict(facts: dict[str, Any]) -> Any:
     from transformers import AutoConfig
 
     model_type = facts.pop("model_type")
