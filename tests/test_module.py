@@ -195,8 +195,10 @@ def test_zero_advantage_completions_are_trained_when_a_kl_term_needs_them(tiny_m
 
 
 def test_non_finite_step_is_skipped_and_counted(tiny_model_dir, tmp_path):
-    module = make_module(tiny_model_dir, rewards=[ConstantReward(float("inf"))])
+    # An infinite reward is now refused at the reward boundary (tests/test_progress.py); poison a gradient instead.
+    module = make_module(tiny_model_dir, rewards=[ConstantReward(1.0)])
     module.configure_model()
+    next(module.policy.parameters()).register_hook(lambda grad: grad * float("nan"))
     before = [p.detach().clone() for p in module.policy.parameters()]
     fit = trainer(1, tmp_path, max_epochs=1)
     fit.fit(module, loader(rows(2), 1))

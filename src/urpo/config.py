@@ -52,6 +52,10 @@ class GRPOArgs:
     their group got the same reward: common, the motivation of DAPO's dynamic sampling). Their gradient is exactly
     zero and their tokens still count in the loss normaliser, so the update is the same, only cheaper. Update
     metrics (entropy, clip fractions, ratios) then describe the completions trained on."""
+    max_stalled_steps: int | None = 4
+    """Stop the run with an error after this many batches in a row end without an optimizer step, because no
+    completion got a reward (all NaN) or the gradient was not finite; such batches do not count towards
+    ``max_steps``, so without this bound a reward that never works would keep a run sampling forever. None: never."""
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -60,6 +64,18 @@ class GRPOArgs:
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 <= self.epsilon_low < 1:
+            raise ValueError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - it), got {self.epsilon_low}")
+        if self.epsilon_high < 0:
+            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.max_tokens_per_micro_batch < 1:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 1, got {self.max_tokens_per_micro_batch}")
+        if self.max_stalled_steps is not None and self.max_stalled_steps < 1:
+            raise ValueError(f"max_stalled_steps must be >= 1 or None, got {self.max_stalled_steps}")
 
 
 @dataclass(frozen=True)

@@ -27,3 +27,11 @@ class DataError(URPOError, ValueError):
 
 class ConfigError(URPOError, ValueError):
     """A configuration that cannot work (missing model path, inconsistent options)."""
+
+
+class RewardError(URPOError, RuntimeError):
+    """A reward callback returned something the loss cannot use (wrong type or shape, an infinite reward)."""
+
+
+class StalledRunError(URPOError, RuntimeError):
+    """Training made no optimizer step for several batches in a row (no usable reward, or no finite gradient)."""

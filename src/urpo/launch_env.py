@@ -11,7 +11,6 @@ double underscores: ``PL_FIT__MODEL__GRPO__BETA=0`` is ``--model.grpo.beta 0``; 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 
 PREFIX = "PL"
@@ -42,8 +41,6 @@ def with_env_options(argv: Sequence[str], environ: Mapping[str, str] | None = No
     options = env_options(argv[0], environ)
     if not options:
         return argv
-    # LightningCLI warns when its args differ from sys.argv; here they differ on purpose, by these options.
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     position = 1
     for index, arg in enumerate(argv):
         if arg == "--config":

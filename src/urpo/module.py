@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from urpo import metrics as step_metrics
+from urpo import progress
 from urpo.config import EngineName, GRPOArgs, LoggingArgs, RolloutCorrectionArgs
 from urpo.data.schema import ROW_KINDS, Row
 from urpo.engines import correction
@@ -27,11 +28,13 @@ from urpo.errors import ConfigError
 from urpo.lora import LoraArgs, QuantizationArgs, apply_lora, load_quantized_model, reference_policy
 from urpo.models import ModelArgs, load_model, load_tokenizer
 from urpo.objective import group_advantages, policy_loss
+from urpo.progress import ProgressGuard
 from urpo.prompts import PlayerTemplate, render_chat
 from urpo.referee import RefereeTemplate, shuffled_order
-from urpo.rewards.base import Episode, RewardCallback, combine_rewards
+from urpo.rewards.base import Episode, RewardCallback, checked_result, combine_rewards
 from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs
 from urpo.sequences import TrainSequence, completion_logits, token_logprobs
+from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 from urpo.timing import PhaseTimer
 from urpo.update import UpdatePlan, entropy_of
 
@@ -101,6 +104,7 @@ class URPOModule(L.LightningModule):
         self.reference: torch.nn.Module | None = None
         self.engine: RolloutEngine | None = None
         self.skipped_steps = 0
+        self.progress = ProgressGuard(grpo.max_stalled_steps)  # a run never samples forever without stepping
         self.automatic_optimization = False  # several optimizer steps per batch, and non-finite steps are skipped
         self._check_rewards()
 
@@ -110,6 +114,10 @@ class URPOModule(L.LightningModule):
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ConfigError(f"reward callbacks need distinct names (set name=...), got {names}")
+
+    def setup(self, stage: str) -> None:
+        # Lightning sets the data up before the model loads: a row kind no reward serves fails here, not in step 1.
+        check_rewards_serve_data(self.rewards, kinds_in_data(self.trainer.datamodule, stage))
 
     def configure_model(self) -> None:
         """Load the policy (and the reference policy when ``beta > 0``); Lightning calls this under the strategy.
@@ -179,6 +187,7 @@ class URPOModule(L.LightningModule):
     # ---- one training step -------------------------------------------------------------------------------------
 
     def training_step(self, batch: Sequence[Row], batch_idx: int) -> None:
+        step = self.global_step  # the step metrics.csv files this batch under (the optimizer step raises it)
         timer = PhaseTimer()
         with timer("generate"):
             episodes = self.rollout(batch, batch_idx)
@@ -188,9 +197,12 @@ class URPOModule(L.LightningModule):
             rewards, scale=self.grpo.advantage_scale, leave_one_out=self.grpo.leave_one_out
         )  # [N, G]
         sequences = self.build_sequences(episodes, rewards, advantages)
+        skipped_before = self.skipped_steps
         with timer("update"):
             update_metrics = self.update(sequences, correction.behaviour_rows(episodes, sequences))
         metrics = step_metrics.step_metrics(episodes, rewards, advantages, self.tokenizer, self.sampling)
+        outcome = progress.outcome(update_metrics, self.skipped_steps - skipped_before, self.grpo.num_iterations)
+        self.progress.record(outcome, metrics["reward/missing_frac"], [r.name for r in self.rewards])
         metrics.update(reward_metrics)
         metrics.update(update_metrics)
         metrics.update(timer.metrics(completion_tokens=metrics["completion/tokens"]))
@@ -199,7 +211,7 @@ class URPOModule(L.LightningModule):
         metrics.update(getattr(self.trainer.datamodule, "counters", None) or {})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
-        self._maybe_write_samples(episodes, rewards, advantages)
+        self._maybe_write_samples(episodes, rewards, advantages, step)
 
     def validation_step(self, batch: Sequence[Row], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -281,10 +293,9 @@ class URPOModule(L.LightningModule):
             chosen = [i for i, e in enumerate(episodes) if e.row.kind in reward.kinds]
             if not chosen:
                 continue
+            served = [episodes[i] for i in chosen]
             with timer(f"reward_{reward.name}"):
-                result = reward.score([episodes[i] for i in chosen])
-            if tuple(result.rewards.shape) != (len(chosen), g):
-                raise ConfigError(f"reward {reward.name!r} returned shape {tuple(result.rewards.shape)}, expected {(len(chosen), g)}")
+                result = checked_result(reward, reward.score(served), served, g)
             for row_pos, i in enumerate(chosen):
                 parts[i].append((reward.weight, result.rewards[row_pos : row_pos + 1].float()))
             metrics.update({f"reward/{reward.name}/{k}": v for k, v in result.metrics.items()})
@@ -445,12 +456,13 @@ class URPOModule(L.LightningModule):
         if state.get("engine") and hasattr(self.engine, "load_state_dict"):
             self.engine.load_state_dict(state["engine"])
 
-    def _maybe_write_samples(self, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor) -> None:
+    def _maybe_write_samples(
+        self, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor, step: int
+    ) -> None:
         every = self.logging_args.samples_every_n_steps
-        if every and self.global_rank == 0 and self.global_step % every == 0:
-            step_metrics.write_samples(
-                self.trainer, episodes, rewards, advantages, self.logging_args.samples_per_kind, self.global_step
-            )
+        if every and self.global_rank == 0 and step % every == 0:
+            per_kind = self.logging_args.samples_per_kind
+            step_metrics.write_samples(self.trainer, episodes, rewards, advantages, per_kind, step)
 
     def on_fit_end(self) -> None:
         from urpo.export import export_policy, resolve_export_dir

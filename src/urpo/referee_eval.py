@@ -94,27 +94,43 @@ class SubsetStats:
 
 def load_rows(path: str, adapter: str, limit: int | None = None) -> tuple[list[PreferenceRow], list[str], int]:
     """Reads preference rows and their subsets from a local file; returns (rows, subsets, records skipped)."""
+    rows, subsets, skipped = load_rows_and_skips(path, adapter, limit)
+    return rows, subsets, len(skipped)
+
+
+def load_rows_and_skips(
+    path: str, adapter: str, limit: int | None = None
+) -> tuple[list[PreferenceRow], list[str], list[dict[str, Any]]]:
+    """Like :func:`load_rows`, with one ``{"index", "subset", "reason"}`` record per skipped record."""
     from urpo.data.sources import SourceSpec, _decode, _raw_records  # the subset lives on the raw record
 
     spec = SourceSpec(adapter=adapter, path=path)
-    rows, subsets, skipped = [], [], 0
+    rows, subsets, skipped = [], [], []
     for raw in _raw_records(spec, 0):
         if limit is not None and raw.index >= limit:
             break
+        record: Any = None
         try:
             record = _decode(raw, path)
             row = ADAPTERS[adapter].adapter(record, source=str(spec.name), index=raw.index)
-        except DataError:
-            skipped += 1  # an evaluation set with a few broken records is still worth scoring; they are counted
+        except DataError as error:
+            # An evaluation set with a few broken records is still worth scoring; they are counted, with why.
+            skipped.append(_skip(raw.index, record, str(error)))
             continue
         if not isinstance(row, PreferenceRow):
-            skipped += 1
+            skipped.append(_skip(raw.index, record, f"a {row.kind} row, not a preference row"))
             continue
         rows.append(row)
         subsets.append(record_subset(record) or "all")
     if not rows:
-        raise DataError(f"no preference rows to evaluate ({skipped} records skipped)", source=path)
+        reasons = "; ".join(f"record {s['index']}: {s['reason']}" for s in skipped[:3])
+        raise DataError(f"no preference rows to evaluate ({len(skipped)} records skipped; {reasons})", source=path)
     return rows, subsets, skipped
+
+
+def _skip(index: int, record: Any, reason: str) -> dict[str, Any]:
+    subset = record_subset(record) if isinstance(record, dict) else None
+    return {"index": index, "subset": subset or "all", "reason": reason}
 
 
 def judging_prompts(
@@ -183,6 +199,14 @@ def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def add_skips(report: dict[str, Any], skips: list[dict[str, Any]]) -> None:
+    """Record the skipped records in ``report``: a ``skipped`` count per subset and overall (a table and CSV
+    column), and each one with its reason under ``report["skipped"]``."""
+    for name, stats in [*report["subsets"].items(), ("OVERALL", report["overall"])]:
+        stats["skipped"] = sum(1 for s in skips if name in ("OVERALL", s["subset"]))
+    report["skipped"] = skips
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A small console table: one line per subset, then the overall line."""
     columns = (
@@ -197,6 +221,10 @@ def format_table(report: dict[str, Any]) -> str:
 
     out = [f"{heads[0]:<{width}}  " + "  ".join(f"{h:>14}" for h in heads[1:])]
     out += [f"{name:<{width}}  " + "  ".join(f"{cell(s[c]):>14}" for c in columns) for name, s in lines]
+    skips = report.get("skipped") or []
+    if skips:
+        shown = "; ".join(f"record {s['index']} ({s['subset']}): {s['reason']}" for s in skips[:5])
+        out.append(f"skipped {len(skips)} records (not scored): {shown}{'; ...' if len(skips) > 5 else ''}")
     return "\n".join(out)
 
 
@@ -247,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.output is not None and Path(args.output).suffix not in (".json", ".csv"):
         raise ConfigError(f"--output must end with .json or .csv, got {args.output!r}")  # fail before loading
     torch.manual_seed(args.seed)
-    rows, subsets, skipped = load_rows(args.data, args.adapter, args.limit)
+    rows, subsets, skips = load_rows_and_skips(args.data, args.adapter, args.limit)
     model_args = ModelArgs(name_or_path=args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(model_args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -258,9 +286,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     decoding = "greedy" if args.temperature is None else f"sampled T={args.temperature}"
     report["settings"] = {
         "model": args.model, "data": args.data, "adapter": args.adapter, "limit": args.limit,
-        "skipped_records": skipped, "decoding": decoding,
+        "skipped_records": len(skips), "decoding": decoding,
         "max_new_tokens": args.max_new_tokens, "allow_ties": args.allow_ties, "orders": list(ORDERS),
     }  # fmt: skip
+    add_skips(report, skips)
     print(format_table(report))
     if args.output is not None:
         write_report(report, args.output)

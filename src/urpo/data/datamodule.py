@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from urpo.data.mixture import Cursor, MemoryCursor, Mixer, StreamCursor, kind_quotas
+from urpo.data.mixture import Cursor, MemoryCursor, Mixer, StreamCursor, kind_quotas, normalised_shares
 from urpo.data.schema import ROW_KINDS, Row, RowKind
 from urpo.data.sources import SkipReport, SourceSpec, iter_source, load_source
 from urpo.errors import ConfigError
@@ -42,6 +45,8 @@ class _BatchStream(IterableDataset):
         start = mixer.batches
         while limit is None or mixer.batches - start < limit:
             rows = mixer.next_batch()
+            if self.datamodule.skips.total:  # streamed sources skip bad records as they are read: log the count
+                self.datamodule.counters["data/skipped_records"] = float(self.datamodule.skips.total)
             yield RowBatch(rows, mixer.state_dict())
 
 
@@ -88,6 +93,12 @@ class URPODataModule(L.LightningDataModule):
         kinds = {s.kind for s in self.sources} if all(s.kind for s in self.sources) else set(ROW_KINDS)
         self.mixture = dict(mixture) if mixture is not None else {k: 1.0 for k in ROW_KINDS if k in kinds}
         self.quotas = kind_quotas(self.mixture, batch_size)
+        rescaled = normalised_shares(self.mixture)
+        if rescaled is not None:
+            warnings.warn(
+                f"data.mixture {self.mixture} sums to {sum(v for v in self.mixture.values() if v > 0):g}, not 1: "
+                f"batches get the shares {rescaled} ({self.quotas} rows of batch_size {batch_size})", stacklevel=2
+            )  # fmt: skip
         self.mixer: Mixer | None = None
         self.skips = SkipReport()
         self.counters: dict[str, float] = {}
@@ -120,7 +131,21 @@ class URPODataModule(L.LightningDataModule):
                 if kind in self.quotas:
                     cursors.setdefault(kind, []).append((spec.weight, cursor))
         transform = self._fit_prompt if self.max_prompt_tokens is not None else None
+        self._warn_small_kinds(cursors)
         return Mixer(cursors, self.quotas, transform=transform)
+
+    def _warn_small_kinds(self, cursors: Mapping[RowKind, Sequence[tuple[float, Cursor]]]) -> None:
+        """A kind with fewer rows in memory than its rows per batch repeats the same rows in every batch."""
+        for kind, pairs in cursors.items():
+            if not all(isinstance(c, MemoryCursor) for _, c in pairs):
+                continue  # a streamed source's length is not known
+            rows = sum(len(c.rows) for _, c in pairs)
+            if rows < self.quotas.get(kind, 0):
+                warnings.warn(
+                    f"data: {kind} sources hold {rows} row(s) (this rank), fewer than the {self.quotas[kind]} {kind} "
+                    "rows of every batch: each batch repeats the same rows; add rows or lower batch_size/mixture",
+                    stacklevel=2,
+                )  # fmt: skip
 
     def _cursors(self, spec: SourceSpec, number: int, rank: int, world: int) -> list[tuple[RowKind, Cursor]]:
         """One cursor per kind the source holds (a ``generic`` source may hold all three)."""
@@ -187,7 +212,10 @@ class URPODataModule(L.LightningDataModule):
     # ---- loaders and state ---------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_BatchStream(self), batch_size=None, collate_fn=_identity)
+        # Every new iterator of a DataLoader draws a worker base seed from its generator. With the default (the
+        # global RNG) the iterator a resumed run creates after the checkpoint's RNG state was restored would shift
+        # every later sample; a private generator leaves the global stream as the straight run has it.
+        return DataLoader(_BatchStream(self), batch_size=None, collate_fn=_identity, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")
@@ -207,13 +235,26 @@ class URPODataModule(L.LightningDataModule):
             self._consumed_state = batch.state  # the position once this batch is trained on
         return batch
 
+    def _source_names(self) -> list[str]:
+        # What a saved data position belongs to: adapter and file name of each source, in order (not the folder,
+        # so a run whose data moved still resumes).
+        return [f"{spec.adapter}:{Path(str(spec.name)).name}" for spec in self.sources]
+
     def state_dict(self) -> dict[str, Any]:
         state = getattr(self, "_consumed_state", None)
-        return {"mixer": state, "counters": dict(self.counters)} if state is not None else {}
+        if state is None:
+            return {}
+        return {"mixer": state, "counters": dict(self.counters), "sources": self._source_names()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        saved = state_dict.get("sources")  # absent in checkpoints written before it was recorded
+        if saved is not None and saved != self._source_names():
+            raise ConfigError(
+                f"data: the checkpoint's data position was saved for sources {saved}, but data.sources is now "
+                f"{self._source_names()}; restore those sources to resume, or start a new run (no --ckpt_path)"
+            )
         self.counters = dict(state_dict.get("counters", {}))
         self._pending_state = state_dict["mixer"]
         self._consumed_state = state_dict["mixer"]

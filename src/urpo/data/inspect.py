@@ -12,6 +12,8 @@ import sys
 from collections import Counter
 
 from urpo.data.mixture import MemoryCursor
+from urpo.errors import ConfigError
+from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,9 +33,11 @@ def _pop_int(argv: list[str], flag: str, default: int) -> int:
     if flag not in argv:
         return default
     position = argv.index(flag)
-    value = int(argv[position + 1])
+    text = argv[position + 1] if position + 1 < len(argv) else None
+    if text is None or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"urpo data {flag} needs a positive whole number, e.g. {flag} {default}; got {text!r}")
     del argv[position : position + 2]
-    return value
+    return int(text)
 
 
 def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> str:
@@ -50,6 +54,12 @@ def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> 
             size = f"{len(cursor.rows)} rows" if isinstance(cursor, MemoryCursor) else "streamed"
             lines.append(f"  {kind:<11} weight {weight:<5g} {size}")
     lines.append(f"rows per batch: {dict(mixer.quotas)} (batch_size {datamodule.batch_size})")
+    try:  # the check `urpo fit` makes before loading the model; an inspection shows it and goes on
+        check_rewards_serve_data(module.rewards, kinds_in_data(datamodule, "fit"))
+        served = [f"{reward.name} ({'/'.join(reward.kinds)})" for reward in module.rewards]
+        lines.append(f"rewards: {', '.join(served)}")
+    except ConfigError as error:
+        lines.append(f"rewards: PROBLEM: {error}")
     drawn = [mixer.next_batch() for _ in range(batches)]
     per_source = Counter((row.kind, row.source) for batch in drawn for row in batch)
     lines.append(f"first {batches} batches drew:")

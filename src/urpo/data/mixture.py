@@ -21,6 +21,9 @@ from urpo.errors import ConfigError
 
 def kind_quotas(mixture: Mapping[RowKind, float], batch_size: int) -> dict[RowKind, int]:
     """Rows of each kind in every batch: shares scaled to ``batch_size`` by largest remainder."""
+    negative = {k: v for k, v in mixture.items() if not v >= 0}
+    if negative:
+        raise ConfigError(f"data.mixture: shares must be >= 0 (0 turns a kind off), got {negative}")
     shares = {k: float(v) for k, v in mixture.items() if v > 0}
     if not shares:
         raise ConfigError("data.mixture: at least one kind needs a positive share")
@@ -37,6 +40,14 @@ def kind_quotas(mixture: Mapping[RowKind, float], batch_size: int) -> dict[RowKi
     if empty:
         raise ConfigError(f"data.batch_size {batch_size} is too small: kinds {empty} would get no row in a batch")
     return quotas
+
+
+def normalised_shares(mixture: Mapping[RowKind, float]) -> dict[RowKind, float] | None:
+    """The shares batches will really have when ``mixture`` does not sum to 1 (None when it does)."""
+    total = sum(float(v) for v in mixture.values() if v > 0)
+    if total <= 0 or math.isclose(total, 1.0, rel_tol=1e-6):
+        return None
+    return {k: round(float(v) / total, 4) for k, v in mixture.items() if v > 0}
 
 
 class MemoryCursor:

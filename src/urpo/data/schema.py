@@ -83,6 +83,14 @@ class PreferenceRow(BaseRow):
             raise self._fail("scores", f"gold scores must be finite numbers, got {self.scores!r}")
         if len(set(self.scores)) == 1:
             raise self._fail("scores", "all responses are tied: the row carries no preference")
+        first_of: dict[str, int] = {}
+        for i, response in enumerate(self.responses):
+            j = first_of.setdefault(response.strip(), i)
+            if j != i and self.scores[i] != self.scores[j]:
+                raise self._fail(
+                    "responses", f"responses {j} and {i} are identical but scored {self.scores[j]} and {self.scores[i]}: "
+                    "no judge can tell them apart"
+                )  # fmt: skip
 
     def gold_order(self) -> list[int]:
         """Indices of the responses, best first (ties keep their source order)."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from urpo.data.schema import ROW_KINDS, Row, RowKind
-from urpo.errors import ConfigError
+from urpo.errors import ConfigError, RewardError
 
 if TYPE_CHECKING:
     from urpo.module import URPOModule
@@ -101,6 +101,28 @@ class RewardCallback(ABC):
 
 def _snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def checked_result(reward: RewardCallback, result: Any, episodes: Sequence[Episode], g: int) -> RewardResult:
+    """``result`` of ``reward.score(episodes)`` if the loss can use it; otherwise a :class:`RewardError` naming the
+    callback: not a RewardResult, rewards not a ``[len(episodes), G]`` tensor, or an infinite reward (NaN is allowed:
+    it means 'no reward'). An infinite reward would make every advantage and gradient of its step NaN."""
+    label = f"reward callback {reward.name!r} ({type(reward).__name__})"
+    if not isinstance(result, RewardResult):
+        raise RewardError(f"{label}: score() must return a RewardResult, got {type(result).__name__}")
+    if not isinstance(result.rewards, torch.Tensor):
+        raise RewardError(f"{label}: RewardResult.rewards must be a torch.Tensor, got {type(result.rewards).__name__}")
+    if tuple(result.rewards.shape) != (len(episodes), g):
+        raise RewardError(f"{label}: returned rewards of shape {tuple(result.rewards.shape)}, expected {(len(episodes), g)}")
+    infinite = torch.isinf(result.rewards.float())  # [N, G]
+    if infinite.any():
+        i, j = (int(x) for x in infinite.nonzero()[0])
+        row = episodes[i].row
+        raise RewardError(
+            f"{label}: reward {result.rewards[i, j].item()} for completion {j} of {row.source} row {row.index}; "
+            "rewards must be finite (NaN means 'no reward')"
+        )
+    return result
 
 
 def combine_rewards(parts: Sequence[tuple[float, torch.Tensor]]) -> torch.Tensor:
