@@ -26,7 +26,7 @@ def _micro_batch(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     budget, floor = setup.grpo.max_tokens_per_micro_batch, shapes(setup).sequence
     while budget // 2 >= floor:
         budget //= 2
-        yield f"grpo.max_tokens_per_micro_batch: {budget}", _grpo(setup, max_tokens_per_micro_batch=budget)
+        yield f"model.grpo.max_tokens_per_micro_batch: {budget}", _grpo(setup, max_tokens_per_micro_batch=budget)
 
 
 def _checkpointing(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
@@ -46,7 +46,7 @@ def _generate_batch(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     size = max(s.player_call, s.judge_call)
     while size > 1:
         size //= 2
-        yield f"sampling.max_batch_size: {size}", setup.replace(sampling=dataclasses.replace(setup.sampling, max_batch_size=size))
+        yield f"model.sampling.max_batch_size: {size}", setup.replace(sampling=dataclasses.replace(setup.sampling, max_batch_size=size))
 
 
 def _judge_prompt(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
@@ -57,12 +57,12 @@ def _judge_prompt(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     while limit // 2 >= floor:
         limit //= 2
         judge = dataclasses.replace(setup.judge, max_prompt_tokens=limit)
-        yield f"SelfJudge init_args.max_prompt_tokens: {limit}", setup.replace(judge=judge)
+        yield f"SelfJudge max_prompt_tokens: {limit} (in model.rewards)", setup.replace(judge=judge)
 
 
 def _no_reference(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     if setup.grpo.beta > 0 and setup.lora is None:
-        yield "grpo.beta: 0 (no reference copy)", _grpo(setup, beta=0.0)
+        yield "model.grpo.beta: 0 (no reference copy)", _grpo(setup, beta=0.0)
 
 
 def _eight_bit(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
