@@ -42,7 +42,7 @@ def parse_bytes(text: str) -> float:
     """'80GB', '24 GiB', '512MB', '80' (GB), '8.5e10' (bytes when >= 1e6) -> bytes."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]i?B?)?\s*", text, flags=re.IGNORECASE)
     if not match:
-        raise URPOError(f"plan: cannot read memory size {text!r} (use e.g. 80GB or 24GiB)")
+        raise URPOError(f"cannot read memory size {text!r} (use e.g. 80GB or 24GiB)")
     value, unit = float(match.group(1)), (match.group(2) or "").upper().rstrip("B")
     if not unit:
         return value if value >= 1e6 else value * GB

@@ -88,19 +88,19 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
     """The YAML of ``path`` with ``--a.b.c value`` overrides applied (values parsed as YAML)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"plan: config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"plan: {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
-        raise ConfigError(f"plan: {path} must hold a mapping (trainer:, model:, data:)")
+        raise ConfigError(f"{path} must hold a mapping (trainer:, model:, data:)")
     items = list(overrides or [])
     if len(items) % 2:
-        raise ConfigError(f"plan: override {items[-1]!r} has no value (use --section.key VALUE)")
+        raise ConfigError(f"override {items[-1]!r} has no value (use --section.key VALUE)")
     for key, value in zip(items[::2], items[1::2]):
         if not key.startswith("--"):
-            raise ConfigError(f"plan: expected an option like --model.grpo.beta, got {key!r}")
+            raise ConfigError(f"expected an option like --model.grpo.beta, got {key!r}")
         _set_path(config, key[2:].split("."), yaml.safe_load(value))
     return config
 
@@ -112,7 +112,7 @@ def _set_path(config: dict[str, Any], keys: list[str], value: Any) -> None:
             node["init_args"] = {}
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"plan: cannot set {'.'.join(keys)}: {key} is not a section")
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {key} is not a section")
     node[keys[-1]] = value
 
 
@@ -124,7 +124,7 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
     notes: list[str] = []
     model_section = model.get("model")
     if not isinstance(model_section, dict) or "name_or_path" not in model_section:
-        raise ConfigError(f"plan: {source} has no model.model.name_or_path (the model to plan for)")
+        raise ConfigError(f"{source} has no model.model.name_or_path (the model to plan for)")
     strategy, fsdp = _strategy(trainer.get("strategy", "auto"), notes)
     devices = _devices(trainer.get("devices", "auto"), trainer.get("accelerator", "auto"), notes)
     optimizer = model.get("optimizer") or {}
@@ -152,7 +152,7 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
             precision=str(trainer.get("precision", "32-true")),
         )
     except (TypeError, ValueError) as err:  # an unknown key or a bad value in one of the sections
-        raise ConfigError(f"plan: {source}: {err}") from None
+        raise ConfigError(f"{source}: {err}") from None
     if setup.max_prompt_tokens is None:
         notes.append(f"data.max_prompt_tokens is unset: prompts assumed to be {DEFAULT_PROMPT_TOKENS} tokens")
     return setup.replace(notes=tuple(notes))
