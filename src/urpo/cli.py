@@ -25,6 +25,7 @@ from urpo.checkpoints import checked_checkpoint, newest_readable
 from urpo.config_files import check_config_files
 from urpo.data.datamodule import URPODataModule
 from urpo.errors import ConfigError, DataError, URPOError
+from urpo.launch_env import with_env_options
 from urpo.module import URPOModule
 from urpo.plots import CurvesCallback
 from urpo.preemption import PreemptionCheckpoint
@@ -40,6 +41,7 @@ TRACEBACK_VARIABLE = "URPO_TRACEBACK"
 EXTRA_COMMANDS = {
     "data": ("urpo.data.inspect:main", "inspect a config's data mixture and rendered prompts (no model weights)"),
     "eval-referee": ("urpo.referee_eval:main", "measure a model as a referee on a preference set"),
+    "plan": ("urpo.plan.report:main", "memory per GPU and step time of a fit config, before launch (no weights)"),
     "plot": ("urpo.plots:main", "redraw a run's curves.png from its metrics.csv"),
 }
 DESCRIPTION = "urpo: train one language model as policy and reward model in one GRPO loop (URPO)."
@@ -50,7 +52,10 @@ class URPOCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         epilog = "More subcommands: " + "; ".join(f"urpo {name}: {text}" for name, (_, text) in EXTRA_COMMANDS.items())
-        kwargs.setdefault("parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog})
+        # default_env: PL_FIT__TRAINER__NUM_NODES and the like (urpo.launch_env), on every subcommand's parser.
+        env = {name: {"default_env": True} for name in self.subcommands()}
+        kwargs.setdefault("parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog,
+                                            "default_env": True, **env})  # fmt: skip
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -141,6 +146,7 @@ def main(args: list[str] | None = None) -> None:
         module_name, function = EXTRA_COMMANDS[argv[0]][0].split(":")
         getattr(importlib.import_module(module_name), function)(argv[1:])
         return
+    argv = with_env_options(argv)  # PL_FIT__TRAINER__NUM_NODES=2 etc. override the YAML (urpo.launch_env)
     check_config_files(argv)  # malformed YAML: one line naming the file and line, before any parsing
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
     _quiet_known_warnings()
