@@ -1,4 +1,4 @@
-"""Offline fixtures: a byte-level BPE tokenizer trained on the fly and a tiny random Qwen2 model (DESIGN.md s.6)."""
+"""Offline fixtures: a byte-level BPE tokenizer trained on the fly and a tiny random Qwen2 model."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``URPOModule``: one model trained as player and referee in one GRPO loop.
 
-``training_step`` orchestrates the seven phases of a step (DESIGN.md section 2) and nothing else: render prompts,
+``training_step`` orchestrates the phases of a step and nothing else: render prompts,
 roll out G completions per prompt, let reward callbacks score them (the self-judge generates its judgments there),
 compute group-relative advantages, and update the policy in micro-batches. The math lives in
 :mod:`urpo.objective`, the tensor packing in :mod:`urpo.sequences`.

@@ -1,4 +1,4 @@
-"""FSDP2 for URPO: a Lightning strategy preset and the sharding it applies to the policy (DESIGN.md section 4).
+"""FSDP2 for URPO: a Lightning strategy preset and the sharding it applies to the policy.
 
 ``FSDP2Strategy`` is Lightning's :class:`~lightning.pytorch.strategies.ModelParallelStrategy` with its mesh fixed to
 pure data parallelism (every rank holds a shard of every layer) and the FSDP2 settings as typed arguments, so YAML

@@ -58,7 +58,7 @@ class WarmStartConfig:
     """Model size and the brief supervised training that makes the warm start."""
 
     hidden: int = 128
-    """Hidden size; 4 heads of 32 dimensions (head dim >= 32 keeps it vLLM-compatible, DESIGN.md section 6)."""
+    """Hidden size; 4 heads of 32 dimensions (head dim >= 32 keeps it vLLM-compatible)."""
     layers: int = 2
     """Decoder layers."""
     steps: int = 1500
