@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from urpo.metrics import zero_variance
+from urpo.objective import zero_variance
 
 
 def select_groups(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from urpo.data.schema import ROW_KINDS
+from urpo.objective import zero_variance
 
 if TYPE_CHECKING:
     import lightning as L
@@ -56,12 +57,6 @@ def _group_spread(rewards: torch.Tensor) -> float:
         if valid.numel() >= 2:
             spreads.append(valid.std(unbiased=False).item())
     return sum(spreads) / len(spreads) if spreads else float("nan")
-
-
-def zero_variance(group: torch.Tensor) -> bool:
-    """Whether a group's valid rewards are all equal (or fewer than two): its advantages are all zero."""
-    valid = group[~torch.isnan(group)]  # [K]
-    return valid.numel() < 2 or bool((valid == valid[0]).all())
 
 
 def completion_metrics(episodes: Sequence[Episode], sampling: SamplingArgs) -> dict[str, float]:

@@ -88,6 +88,12 @@ def _masked_std(values: Tensor, valid: Tensor, mean: Tensor, count: Tensor, dim:
     return torch.where(count > 1, var.sqrt(), torch.zeros_like(var))  # [N, 1] or []
 
 
+def zero_variance(group: torch.Tensor) -> bool:
+    """Whether a group's valid rewards are all equal (or fewer than two): its advantages are all zero."""
+    valid = group[~torch.isnan(group)]  # [K]
+    return valid.numel() < 2 or bool((valid == valid[0]).all())
+
+
 def group_advantages(
     rewards: Tensor, scale: AdvantageScale = "group", leave_one_out: bool = False, eps: float = 1e-4
 ) -> Tensor:
