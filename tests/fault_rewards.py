@@ -22,7 +22,7 @@ class OddTokenShare(RewardCallback):
         self.record = record
 
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
-        ids = [e.meta["completion_ids"] for e in episodes]
+        ids = [e.completion_ids for e in episodes]
         rewards = torch.tensor([[sum(t % 2 for t in c) / max(len(c), 1) for c in group] for group in ids])
         if self.record is not None:
             with open(self.record, "a") as out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lightning as L
@@ -16,7 +17,7 @@ from urpo.models import ModelArgs
 from urpo.module import URPOModule
 from urpo.rewards.base import RewardCallback, RewardResult
 from urpo.rollout import SamplingArgs
-from urpo.sequences import TrainSequence
+from urpo.episode import TrainSequence
 
 
 class TargetTokenReward(RewardCallback):
@@ -30,7 +31,7 @@ class TargetTokenReward(RewardCallback):
 
     def score(self, episodes):
         shares = [
-            [sum(t in self.targets for t in ids) / max(len(ids), 1) for ids in e.meta["completion_ids"]] for e in episodes
+            [sum(t in self.targets for t in ids) / max(len(ids), 1) for ids in e.completion_ids] for e in episodes
         ]
         return RewardResult(torch.tensor(shares), {"target_share": float(torch.tensor(shares).mean())})
 
@@ -189,9 +190,11 @@ def test_skipping_zero_advantage_completions_does_not_change_the_update(tiny_mod
 def test_zero_advantage_completions_are_trained_when_a_kl_term_needs_them(tiny_model_dir):
     module = make_module(tiny_model_dir, beta=0.1)
     sequences = [TrainSequence([5], [10, 11], 0.0, 0, 0), TrainSequence([5], [12, 13], 1.0, 0, 1)]
-    assert module._sequences_with_gradient(sequences, None) == (sequences, None)
+    assert module._sequences_with_gradient(sequences) == sequences
     module = make_module(tiny_model_dir)
-    assert module._sequences_with_gradient(sequences, [[0.1, 0.2], [0.3, 0.4]]) == ([sequences[1]], [[0.3, 0.4]])
+    with_engine = [dataclasses.replace(s, engine_logprobs=[0.1 * s.sample, 0.2]) for s in sequences]
+    assert module._sequences_with_gradient(with_engine) == [with_engine[1]]
+    assert with_engine[1].engine_logprobs == [0.1, 0.2]  # the engine's log-probs travel with their sequence
 
 
 def test_non_finite_step_is_skipped_and_counted(tiny_model_dir, tmp_path):

@@ -15,7 +15,7 @@ from urpo.objective import zero_variance
 if TYPE_CHECKING:
     import lightning as L
 
-    from urpo.rewards.base import Episode
+    from urpo.episode import Episode
     from urpo.rollout import SamplingArgs
 
 
@@ -61,7 +61,7 @@ def _group_spread(rewards: torch.Tensor) -> float:
 
 def completion_metrics(episodes: Sequence[Episode], sampling: SamplingArgs) -> dict[str, float]:
     """Completion lengths in tokens (mean, max, total) and the share cut off by ``max_new_tokens``."""
-    lengths = [len(ids) for e in episodes for ids in e.meta["completion_ids"]]
+    lengths = [len(ids) for e in episodes for ids in e.completion_ids]
     reasons = [r for e in episodes for r in e.finish_reasons]
     total = float(sum(lengths))
     return {

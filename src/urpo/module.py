@@ -209,7 +209,8 @@ class URPOModule(L.LightningModule):
         sequences = self.build_sequences(episodes, rewards, advantages)
         skipped_before = self.skipped_steps
         with timer("update"):
-            update_metrics = self.update(sequences, correction.behaviour_rows(episodes, sequences))
+            reported = all(e.engine_logprobs is not None for e in episodes)
+            update_metrics = self.update(sequences, engine_logprobs=reported)
         # Rewards and lengths describe every sampled group (what the policy does), the update the kept ones.
         metrics = step_metrics.step_metrics(sampled, sampled_rewards, advantages, self.tokenizer, self.sampling)
         metrics.update(selection_metrics)
@@ -271,20 +272,20 @@ class URPOModule(L.LightningModule):
             out = self.engine.generate(texts, 1, self.sampling)
             prompt_ids = [out.prompt_ids[i * g : (i + 1) * g] for i in range(len(episodes))]
         for i, episode in enumerate(episodes):
-            episode.meta["prompt_ids"] = prompt_ids[i][0]
-            episode.meta["completion_prompt_ids"] = prompt_ids[i]  # the prompt each completion answered
-            episode.meta["completion_ids"] = out.completion_ids[i * g : (i + 1) * g]
-            episode.completions = out.texts[i * g : (i + 1) * g]
-            episode.finish_reasons = out.finish_reasons[i * g : (i + 1) * g]
+            group = slice(i * g, (i + 1) * g)
+            episode.prompt_ids = prompt_ids[i]  # the prompt each completion answered
+            episode.completion_ids = out.completion_ids[group]
+            episode.completions = out.texts[group]
+            episode.finish_reasons = out.finish_reasons[group]
             # The sampler's own log-probs (vLLM), for the train/inference mismatch; None with the HF engine.
-            episode.meta["completion_logprobs"] = out.logprobs[i * g : (i + 1) * g] if out.logprobs is not None else None
+            episode.engine_logprobs = out.logprobs[group] if out.logprobs is not None else None
         return episodes
 
     def render(self, row: Row, rng: random.Random) -> Episode:
         """The prompt a row is trained on: the player's question, or a referee judging task for preference rows.
 
-        A preference episode records the presentation order of each of its G judgments in ``meta["orders"]``
-        (``meta["order"]`` is the first), following ``grpo.preference_orders``.
+        A preference episode records the presentation order of each of its G judgments in ``Episode.orders``,
+        following ``grpo.preference_orders``.
         """
         if row.kind != "preference":
             return Episode(row=row, messages=self.player.messages(row))
@@ -293,11 +294,11 @@ class URPOModule(L.LightningModule):
         mirrored = self.grpo.preference_orders == "mirrored"
         orders = [order] * (g - g // 2) + [order[::-1] if mirrored else order] * (g // 2)
         messages = self.referee.messages(row.prompt, row.responses, order)
-        return Episode(row=row, messages=messages, meta={"order": order, "orders": orders})
+        return Episode(row=row, messages=messages, orders=orders)
 
     def _completion_messages(self, episode: Episode) -> list[list[dict[str, str]]]:
         """The chat messages each of the episode's G completions answers (the same object when they share one)."""
-        orders = episode.meta.get("orders")
+        orders = episode.orders
         if orders is None or all(o == orders[0] for o in orders):
             return [episode.messages] * self.grpo.num_generations
         row, cache = episode.row, {tuple(orders[0]): episode.messages}
@@ -334,28 +335,29 @@ class URPOModule(L.LightningModule):
         """One training sequence per completion that got a reward; unrewarded ones are left out of the loss."""
         sequences = []
         for i, episode in enumerate(episodes):
-            shared = [episode.meta.get("prompt_ids")] * len(episode.meta["completion_ids"])
-            prompts = episode.meta.get("completion_prompt_ids") or shared
-            for j, completion_ids in enumerate(episode.meta["completion_ids"]):
+            engine = episode.engine_logprobs
+            for j, completion_ids in enumerate(episode.completion_ids):
                 if math.isnan(rewards[i, j].item()) or not completion_ids:
                     continue
-                sequences.append(TrainSequence(prompts[j], completion_ids, advantages[i, j].item(), i, j))
+                logprobs = list(engine[j]) if engine is not None else None
+                sequences.append(TrainSequence(episode.prompt_ids[j], completion_ids, advantages[i, j].item(), i, j, logprobs))
         return sequences
 
     # ---- the update ---------------------------------------------------------------------------------------------
 
-    def update(self, sequences: list[TrainSequence], behaviour: list[list[float]] | None = None) -> dict[str, float]:
+    def update(self, sequences: list[TrainSequence], engine_logprobs: bool = False) -> dict[str, float]:
         """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches.
 
-        ``behaviour`` holds the engine's log-probs of each sequence's tokens (None: the engine reports none).
+        ``engine_logprobs``: the engine reported log-probs for this rank's rollout (the sequences then carry them);
+        a rank left with no sequence to train on still pads its micro-batches the same way.
         """
-        trained, behaviour = self._sequences_with_gradient(sequences, behaviour)
-        plan = UpdatePlan.build(self, trained, counted=sequences)
+        trained = self._sequences_with_gradient(sequences)
+        with_engine = engine_logprobs or any(s.engine_logprobs is not None for s in sequences)
+        plan = UpdatePlan.build(self, trained, counted=sequences, engine_logprobs=with_engine)
         if plan.num_sequences == 0:
             return {"train/empty_updates": 1.0}  # every completion of the step lacked a reward, on every rank
-        engine_logps = correction.pack_for_plan(plan, trained, behaviour, self.grpo.max_tokens_per_micro_batch)
-        if engine_logps is not None and self.rollout_correction.old_logprobs == "engine":
-            old_logps = engine_logps
+        if with_engine and self.rollout_correction.old_logprobs == "engine":
+            old_logps = [batch.engine_logprobs for batch in plan.batches]
         else:
             old_logps = plan.logprobs(self, self.policy) if self.grpo.num_iterations > 1 else None
         ref_logps = None
@@ -366,7 +368,7 @@ class URPOModule(L.LightningModule):
         counts: dict[str, int] = {}  # per key: padding micro-batches report no mismatch metrics
         for _ in range(self.grpo.num_iterations):
             for index in range(plan.num_micro_batches):
-                stats = self._micro_step(plan, index, old_logps, ref_logps, engine_logps)
+                stats = self._micro_step(plan, index, old_logps, ref_logps)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1
@@ -379,18 +381,15 @@ class URPOModule(L.LightningModule):
         metrics["train/zero_advantage_skipped"] = float(len(sequences) - len(trained))
         return metrics
 
-    def _sequences_with_gradient(
-        self, sequences: list[TrainSequence], behaviour: list[list[float]] | None
-    ) -> tuple[list[TrainSequence], list[list[float]] | None]:
-        """The sequences worth a forward/backward (and their engine log-probs): see ``GRPOArgs.skip_zero_advantage``.
+    def _sequences_with_gradient(self, sequences: list[TrainSequence]) -> list[TrainSequence]:
+        """The sequences worth a forward/backward: see ``GRPOArgs.skip_zero_advantage``.
 
         Without a KL term every loss term of a completion is its advantage times a (clipped, maybe importance-
         weighted) ratio, so an advantage of exactly 0 gives an exactly zero gradient.
         """
         if not self.grpo.skip_zero_advantage or self.grpo.beta > 0:
-            return sequences, behaviour
-        keep = [i for i, seq in enumerate(sequences) if seq.advantage != 0.0]
-        return [sequences[i] for i in keep], (None if behaviour is None else [behaviour[i] for i in keep])
+            return sequences
+        return [seq for seq in sequences if seq.advantage != 0.0]
 
     def _zero_gradients(self) -> None:
         """Give every trainable parameter a zero gradient, so the optimizer step (momentum, weight decay) runs as
@@ -400,15 +399,14 @@ class URPOModule(L.LightningModule):
                 param.grad = torch.zeros_like(param)
 
     def _micro_step(
-        self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None,
-        engine_logps: list[torch.Tensor] | None = None,
-    ) -> dict[str, float]:  # fmt: skip
+        self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None
+    ) -> dict[str, float]:
         batch, weight = plan.micro_batch(index)
         logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
         logp = token_logprobs(logits, batch.completion_ids)  # [B, C]
         old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
         ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
-        engine = engine_logps[index] if engine_logps is not None and weight > 0 else None  # [B, C]
+        engine = batch.engine_logprobs if weight > 0 else None  # [B, C]
         # Importance-weights the gradient for the engine's sampling and measures the mismatch; no-op without engine.
         loss_logp, mismatch = correction.correct(logp, old, engine, batch.completion_mask, self.rollout_correction)
         out = policy_loss(

@@ -12,18 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class TrainSequence:
-    """One completion to train on, with the advantage of its group."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    advantage: float
-    episode: int
-    """Index of the episode (row) it belongs to in the step."""
-    sample: int
-    """Index of the completion within its group."""
+from urpo.episode import TrainSequence
 
 
 @dataclass
@@ -36,6 +25,7 @@ class MicroBatch:
     completion_mask: torch.Tensor  # [B, C] float, 1 on completion tokens
     advantages: torch.Tensor  # [B]
     prompt_width: int
+    engine_logprobs: torch.Tensor | None = None  # [B, C] float32, 0 on padding; None: the engine reports none
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -67,7 +57,8 @@ def split_micro_batches(
 
 
 def collate(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device) -> MicroBatch:
-    """Pad a list of sequences into a :class:`MicroBatch` on ``device``."""
+    """Pad a list of sequences into a :class:`MicroBatch` on ``device``; their engine log-probs are right-padded
+    like the completions (when every sequence has them)."""
     prompt_width = max(len(s.prompt_ids) for s in sequences)
     completion_width = max(max(len(s.completion_ids) for s in sequences), 1)
     size = (len(sequences), prompt_width + completion_width)
@@ -87,7 +78,21 @@ def collate(sequences: Sequence[TrainSequence], pad_id: int, device: torch.devic
         completion_mask=completion_mask.to(device),
         advantages=advantages.to(device),
         prompt_width=prompt_width,
+        engine_logprobs=_engine_logprobs(sequences, completion_width, device),
     )
+
+
+def _engine_logprobs(sequences: Sequence[TrainSequence], width: int, device: torch.device) -> torch.Tensor | None:
+    """The sequences' engine log-probs as ``[B, width]`` float32, zero-padded; None when none has them."""
+    rows = [s.engine_logprobs for s in sequences]
+    if all(row is None for row in rows):
+        return None
+    if any(row is None for row in rows):
+        raise RuntimeError("a micro-batch mixes sequences with and without engine log-probs")
+    out = torch.zeros((len(rows), width), dtype=torch.float32)  # [B, C]
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.float32)
+    return out.to(device)
 
 
 def completion_logits(model: torch.nn.Module, batch: MicroBatch, temperature: float = 1.0) -> torch.Tensor:

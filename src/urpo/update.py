@@ -7,6 +7,7 @@ micro-batch: ranks with fewer micro-batches run padding micro-batches whose loss
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from urpo.objective import entropy_from_logits, masked_mean
-from urpo.sequences import MicroBatch, TrainSequence, collate, completion_logits, split_micro_batches, token_logprobs
+from urpo.episode import TrainSequence
+from urpo.sequences import MicroBatch, collate, completion_logits, split_micro_batches, token_logprobs
 
 if TYPE_CHECKING:
     from urpo.module import URPOModule
@@ -39,10 +41,13 @@ class UpdatePlan:
 
     @classmethod
     def build(
-        cls, module: URPOModule, sequences: Sequence[TrainSequence], counted: Sequence[TrainSequence] | None = None
-    ) -> UpdatePlan:
+        cls, module: URPOModule, sequences: Sequence[TrainSequence], counted: Sequence[TrainSequence] | None = None,
+        engine_logprobs: bool = False,
+    ) -> UpdatePlan:  # fmt: skip
         """Micro-batches of ``sequences``; the loss is normalised by the counts of ``counted`` (default: the same),
-        which may hold more sequences: ones left out of the forward/backward because their gradient is zero."""
+        which may hold more sequences: ones left out of the forward/backward because their gradient is zero.
+
+        With ``engine_logprobs`` (the engine reported them) the padding micro-batches carry zeros in their place."""
         groups = split_micro_batches(sequences, module.grpo.max_tokens_per_micro_batch)
         counted = sequences if counted is None else counted
         local = torch.tensor(
@@ -54,6 +59,8 @@ class UpdatePlan:
         batches = [collate([sequences[i] for i in group], pad_id, module.device) for group in groups]
         weights = [1.0] * len(batches)
         filler = batches[0] if batches else collate([_empty_sequence(pad_id)], pad_id, module.device)
+        if engine_logprobs:
+            filler = dataclasses.replace(filler, engine_logprobs=torch.zeros_like(filler.completion_mask))
         while len(batches) < num_micro:
             batches.append(filler)
             weights.append(0.0)

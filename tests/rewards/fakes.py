@@ -95,7 +95,7 @@ def preference_episode(
 ) -> Episode:
     row = preference_row(scores, responses=responses)
     reasons = ["stop"] * len(completions)
-    return Episode(row=row, messages=[], completions=completions, finish_reasons=reasons, meta={"order": order})
+    return Episode(row=row, messages=[], completions=completions, finish_reasons=reasons, orders=[list(order)] * len(completions))
 
 
 def open_episode(answers: list[str], reference: str | None = None, index: int = 0) -> Episode:

@@ -88,12 +88,12 @@ def test_first_shown_top_measures_position_bias_over_mirrored_orders() -> None:
     callback = PreferenceReward()
     callback.setup(fake_module())
     always_a = preference_episode([ranking("A", "B")] * 4, [0, 1])
-    always_a.meta["orders"] = [[0, 1], [0, 1], [1, 0], [1, 0]]
+    always_a.orders = [[0, 1], [0, 1], [1, 0], [1, 0]]
     result = callback.score([always_a])
     assert result.metrics["first_shown_top"] == 1.0  # a judge that always names A, whatever is shown there
     assert result.rewards.tolist() == [[1.0, 1.0, 0.0, 0.0]]  # right exactly when the better one is shown first
     reader = preference_episode([ranking("A", "B"), ranking("A", "B"), ranking("B", "A"), ranking("B", "A")], [0, 1])
-    reader.meta["orders"] = always_a.meta["orders"]
+    reader.orders = always_a.orders
     result = callback.score([reader])
     assert result.metrics["first_shown_top"] == 0.5 and result.rewards.tolist() == [[1.0, 1.0, 1.0, 1.0]]
 
@@ -143,7 +143,7 @@ def test_consistency_rewards_only_verdicts_confirmed_in_the_other_order() -> Non
     [(prompts, n, _)] = engine.calls
     assert n == 2 and len(prompts) == 1
     assert shown_responses(prompts[0]) == ["response number 1", "response number 0"]
-    assert episode.meta["second_order"] == [1, 0]
+    assert episode.notes[callback.name].order == [1, 0]
 
 
 def test_consistency_penalties_and_graded_metric() -> None:
@@ -178,14 +178,14 @@ def test_shuffled_second_order_differs_and_resumes() -> None:
     state = a.state_dict()
     episodes = [preference_episode(["x"], list(ORDER3), SCORES3) for _ in range(5)]
     a.score(episodes)
-    orders = [e.meta["second_order"] for e in episodes]
+    orders = [e.notes[a.name].order for e in episodes]
     assert all(sorted(o) == [0, 1, 2] and o != ORDER3 for o in orders)
     b = PreferenceReward(consistency=True, second_order="shuffled", seed=99)
     b.setup(fake_module(engine))
     b.load_state_dict({"rng": [state["rng"][0], list(state["rng"][1]), state["rng"][2]]})  # lists, as after JSON
     again = [preference_episode(["x"], list(ORDER3), SCORES3) for _ in range(5)]
     b.score(again)
-    assert [e.meta["second_order"] for e in again] == orders
+    assert [e.notes[b.name].order for e in again] == orders
 
 
 @pytest.mark.parametrize(
@@ -203,7 +203,7 @@ def test_needs_setup_and_an_order() -> None:
     callback = PreferenceReward()
     callback.setup(fake_module())
     episode = preference_episode(["x"], [0, 1])
-    del episode.meta["order"]
+    episode.orders = None
     with pytest.raises(ConfigError, match="order"):
         callback.score([episode])
 

@@ -11,20 +11,15 @@ Shapes: ``B`` sequences of ``T`` completion tokens; ``mask`` is 1 on completion 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from urpo.objective import masked_mean
-from urpo.sequences import split_micro_batches
 
 if TYPE_CHECKING:
     from urpo.config import RolloutCorrectionArgs
-    from urpo.rewards.base import Episode
-    from urpo.sequences import TrainSequence
-    from urpo.update import UpdatePlan
 
 CorrectionLevel = Literal["none", "token", "sequence"]
 CorrectionMode = Literal["truncate", "mask"]
@@ -116,14 +111,6 @@ def mismatch_metrics(
     }
 
 
-def pack_logprobs(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor:
-    """Right-pad per-sequence log-prob lists into ``[B, width]`` on ``like``'s device (float32), as completions are."""
-    out = torch.zeros((len(rows), width), dtype=torch.float32)  # [B, C]
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(list(row)[:width], dtype=torch.float32)
-    return out.to(like.device)
-
-
 def correct(
     logp: Tensor, old_logp: Tensor, engine_logp: Tensor | None, mask: Tensor, args: RolloutCorrectionArgs
 ) -> tuple[Tensor, dict[str, float]]:
@@ -148,36 +135,3 @@ def correct(
     weight, corrected = importance_weights(trainer, engine_logp, mask, level, args.mode, args.cap_max, args.cap_min)
     stats = mismatch_metrics(trainer, engine_logp, mask, weight, corrected)
     return (scale_gradient(logp, weight) if level != "none" else logp), stats
-
-
-def behaviour_rows(episodes: Sequence[Episode], sequences: Sequence[TrainSequence]) -> list[list[float]] | None:
-    """The engine's log-probs of each training sequence's tokens, aligned with ``sequences``; None when the engine
-    reported none (rollout keeps them in ``episode.meta['completion_logprobs']``)."""
-    if any(e.meta.get("completion_logprobs") is None for e in episodes):
-        return None
-    return [list(episodes[s.episode].meta["completion_logprobs"][s.sample]) for s in sequences]
-
-
-def pack_for_plan(
-    plan: UpdatePlan, sequences: Sequence[TrainSequence], behaviour: list[list[float]] | None, max_tokens: int
-) -> list[Tensor] | None:
-    """``behaviour`` packed like the plan's micro-batches, ``[B, C]`` each (zeros in padding micro-batches).
-
-    ``max_tokens`` must be the budget the plan was built with: its grouping is recomputed here.
-    """
-    if behaviour is None:
-        return None
-    for seq, row in zip(sequences, behaviour):
-        if len(row) != len(seq.completion_ids):
-            found, expected = len(row), len(seq.completion_ids)
-            raise RuntimeError(f"engine log-probs cover {found} tokens of a {expected}-token completion")
-    groups = split_micro_batches(sequences, max_tokens)
-    packed = []
-    for index in range(plan.num_micro_batches):
-        batch, _ = plan.micro_batch(index)
-        size, width = batch.completion_ids.shape
-        rows = [behaviour[i] for i in groups[index]] if index < len(groups) else [[]] * size
-        if len(rows) != size:
-            raise RuntimeError(f"micro-batch {index} holds {size} sequences but {len(rows)} behaviour rows")
-        packed.append(pack_logprobs(rows, width, batch.completion_ids))  # [B, C]
-    return packed

@@ -26,28 +26,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from urpo.data.schema import ROW_KINDS, Row, RowKind
+from urpo.data.schema import ROW_KINDS, RowKind
+from urpo.episode import Episode
 from urpo.errors import ConfigError, RewardError
 
 if TYPE_CHECKING:
     from urpo.module import URPOModule
-    from urpo.rollout import FinishReason
-
-
-@dataclass
-class Episode:
-    """One row of a step, the prompt it was rendered to, and its group of G completions."""
-
-    row: Row
-    """The data row."""
-    messages: list[dict[str, str]]
-    """The chat messages the completions answer (player prompt, or referee prompt for preference rows)."""
-    completions: list[str] = field(default_factory=list)
-    """The G sampled completions (decoded text)."""
-    finish_reasons: list[FinishReason] = field(default_factory=list)
-    """Why each completion ended ('stop' or 'length')."""
-    meta: dict[str, Any] = field(default_factory=dict)
-    """Rendering details a reward needs, e.g. ``order``: the shuffled presentation order of a referee prompt."""
 
 
 @dataclass

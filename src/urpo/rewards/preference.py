@@ -1,8 +1,7 @@
 """``PreferenceReward``: the referee trained against gold preferences (``preference`` rows).
 
 A preference row is rendered by the module as a judging task (its N responses in a shuffled presentation order,
-stored per completion in ``episode.meta["orders"]``, or once in ``meta["order"]``); each of the G completions is a
-judgment. This callback parses each judgment
+stored per completion in ``Episode.orders``); each of the G completions is a judgment. This callback parses each judgment
 with the module's :class:`~urpo.referee.RefereeTemplate`, maps it back through the shuffle and rewards its
 agreement with the gold order. See ``docs/referee.md`` for the formulas.
 """
@@ -48,6 +47,21 @@ METRICS: dict[str, Callable[[Tiers, Sequence[float]], float]] = {
     "exact": exact_match,
     "kendall": lambda pred, gold: (kendall_tau(pred, gold) + 1.0) / 2.0,
 }
+
+
+@dataclass
+class SecondJudgments:
+    """The consistency check's extra judgments of one episode, in ``episode.notes[<callback name>]``."""
+
+    orders: list[list[int]]
+    """The second presentation order of each completion's task."""
+    judgments: list[str]
+    """The second judgment of each completion (text)."""
+
+    @property
+    def order(self) -> list[int]:
+        """The first completion's second order."""
+        return self.orders[0]
 
 
 @dataclass(frozen=True)
@@ -222,8 +236,7 @@ class PreferenceReward(RewardCallback):
         out = []
         for i, episode in enumerate(episodes):
             mine = texts[i * g : (i + 1) * g]
-            episode.meta["second_order"], episode.meta["second_orders"] = orders[i][0], orders[i]
-            episode.meta["second_judgments"] = mine
+            episode.notes[self.name] = SecondJudgments(orders[i], mine)
             out.append([read_verdict(template, t, o, p) for t, o, p in zip(mine, orders[i], prompts[i])])
         return out
 
@@ -267,20 +280,16 @@ class PreferenceReward(RewardCallback):
 
 
 def _orders(episode: Episode) -> list[list[int]]:
-    """The presentation order of each completion: ``meta["orders"]``, else ``meta["order"]`` for all of them."""
-    orders = episode.meta.get("orders")
-    if orders is not None:
-        return [list(o) for o in orders]
-    return [_order(episode)] * len(episode.completions)
+    """The presentation order of each completion's judging prompt (:attr:`Episode.orders`)."""
+    if episode.orders is None:
+        # Without the presentation order a verdict cannot be mapped back; guessing would reward the wrong response.
+        where = f"{episode.row.source}#{episode.row.index}"
+        raise ConfigError(f"preference episode {where} has no presentation order (render it with the module)")
+    return [list(o) for o in episode.orders]
 
 
 def _order(episode: Episode) -> list[int]:
-    order = episode.meta.get("order")
-    if order is None:
-        # Without the presentation order a verdict cannot be mapped back; guessing would reward the wrong response.
-        where = f"{episode.row.source}#{episode.row.index}"
-        raise ConfigError(f"preference episode {where} has no meta['order'] (render it with the module)")
-    return list(order)
+    return _orders(episode)[0]
 
 
 def as_rng_state(state: Any) -> tuple:
@@ -290,6 +299,6 @@ def as_rng_state(state: Any) -> tuple:
 
 
 __all__ = [
-    "AgreementMetric", "METRICS", "PreferenceReward", "SecondOrder", "Verdict", "as_rng_state", "failure_metrics",
+    "AgreementMetric", "METRICS", "PreferenceReward", "SecondJudgments", "SecondOrder", "Verdict", "as_rng_state", "failure_metrics",
     "generate_judgments", "prompt_text", "read_verdict", "same_preferred",
 ]  # fmt: skip

@@ -48,6 +48,18 @@ class JudgeTask:
     """The parsed judgment, mapped to group answer indices (filled after generation)."""
 
 
+@dataclass
+class GroupJudgment:
+    """What the self-judge recorded about one group, in ``episode.notes[<callback name>]``."""
+
+    scores: list[float]
+    """Normalised Borda score of each answer before the length tie-break (NaN: never validly ranked)."""
+    judgments: int
+    """Judging prompts of the group."""
+    parsed: int
+    """Of those, the judgments that parsed into a ranking."""
+
+
 def split_even(items: Sequence[int], k: int) -> list[list[int]]:
     """Splits ``items`` into consecutive chunks of at most ``k`` (k >= 2), sizes differing by at most one.
 
@@ -251,7 +263,7 @@ class SelfJudge(RewardCallback):
         g = len(episode.completions)
         judgments = [t.verdict.tiers for t in tasks if t.verdict is not None and t.verdict.parsed]
         scores = [math.nan if s is None else s for s in borda_scores(judgments, g)]
-        episode.meta[self.name] = {"scores": list(scores), "judgments": len(tasks), "parsed": len(judgments)}
+        episode.notes[self.name] = GroupJudgment(list(scores), len(tasks), len(judgments))
         if episode.row.kind != "open":
             return scores
         return length_tiebreak(scores, _lengths(episode), self.length_tiebreak)
@@ -321,8 +333,8 @@ def _tiers_of(values: Sequence[float]) -> tuple[tuple[int, ...], ...]:
 
 def _lengths(episode: Episode) -> list[int]:
     """Answer lengths in tokens when the rollout kept the ids, else in characters."""
-    ids = episode.meta.get("completion_ids")
-    return [len(c) for c in ids] if ids is not None else [len(c) for c in episode.completions]
+    ids = episode.completion_ids
+    return [len(c) for c in ids] if ids else [len(c) for c in episode.completions]
 
 
 def _check(ok: bool, name: str, value: Any, requirement: str) -> None:
@@ -330,4 +342,4 @@ def _check(ok: bool, name: str, value: Any, requirement: str) -> None:
         raise ConfigError(f"SelfJudge: {name} must be {requirement}, got {value!r}")
 
 
-__all__ = ["JudgeTask", "SelfJudge", "ShuffleMode", "length_tiebreak", "split_even"]
+__all__ = ["GroupJudgment", "JudgeTask", "SelfJudge", "ShuffleMode", "length_tiebreak", "split_even"]
