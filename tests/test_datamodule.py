@@ -131,15 +131,10 @@ class _FakeModule:
         def decode(self, ids):
             return "x" * len(ids)
 
-        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-            return "".join(m["content"] for m in messages)
-
     tokenizer = _Tokenizer()
 
-    def render(self, row, rng):
-        from urpo.rewards.base import Episode
-
-        return Episode(row=row, messages=[{"role": "user", "content": row.prompt}])
+    def prompt_text(self, row):
+        return row.prompt  # a chat template that adds nothing
 
 
 class _FakeTrainer:

@@ -107,7 +107,7 @@ def test_lora_export_merges_adapters_into_a_plain_model(tiny_model_dir, tmp_path
     L.seed_everything(0)
     module = lora_module(tiny_model_dir)
     trainer = fit(module)
-    export_policy(module, tmp_path / "hf")
+    export_policy(module.policy, module.tokenizer, tmp_path / "hf")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert not any("lora" in k or "base_layer" in k for k in exported.state_dict())
     batch = some_batch(module)
@@ -138,7 +138,7 @@ def test_qlora_on_cpu_generates_then_trains_with_adamw8bit(tiny_model_dir, tmp_p
     state = trainer.optimizers[0].state
     assert any(s.get("state1") is not None and s["state1"].dtype == torch.uint8 for s in state.values())
 
-    export_policy(module, tmp_path / "hf")
+    export_policy(module.policy, module.tokenizer, tmp_path / "hf")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()  # plain weights: no bitsandbytes
     assert not any(type(m).__name__ == "Linear4bit" for m in exported.modules())
     batch = some_batch(module)
@@ -154,7 +154,7 @@ def test_int8_base_trains_and_exports_dequantized(tiny_model_dir, tmp_path):
     L.seed_everything(0)
     module = lora_module(tiny_model_dir, quantization=QuantizationArgs(bits=8))
     fit(module, steps=1)
-    export_policy(module, tmp_path / "hf")
+    export_policy(module.policy, module.tokenizer, tmp_path / "hf")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert not any(k.endswith(("SCB", "weight_format")) for k in exported.state_dict())
     batch = some_batch(module)

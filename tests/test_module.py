@@ -17,6 +17,7 @@ from urpo.models import ModelArgs
 from urpo.module import URPOModule
 from urpo.rewards.base import RewardCallback, RewardResult
 from urpo.rollout import SamplingArgs
+from urpo.update import sequences_with_gradient
 from urpo.episode import TrainSequence
 
 
@@ -190,10 +191,10 @@ def test_skipping_zero_advantage_completions_does_not_change_the_update(tiny_mod
 def test_zero_advantage_completions_are_trained_when_a_kl_term_needs_them(tiny_model_dir):
     module = make_module(tiny_model_dir, beta=0.1)
     sequences = [TrainSequence([5], [10, 11], 0.0, 0, 0), TrainSequence([5], [12, 13], 1.0, 0, 1)]
-    assert module._sequences_with_gradient(sequences) == sequences
+    assert sequences_with_gradient(sequences, module.grpo) == sequences
     module = make_module(tiny_model_dir)
     with_engine = [dataclasses.replace(s, engine_logprobs=[0.1 * s.sample, 0.2]) for s in sequences]
-    assert module._sequences_with_gradient(with_engine) == [with_engine[1]]
+    assert sequences_with_gradient(with_engine, module.grpo) == [with_engine[1]]
     assert with_engine[1].engine_logprobs == [0.1, 0.2]  # the engine's log-probs travel with their sequence
 
 

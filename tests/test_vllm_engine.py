@@ -18,7 +18,7 @@ from torch.testing import assert_close
 
 from tests.helpers import build_tiny_model
 from urpo.config import RolloutCorrectionArgs
-from urpo.engines.correction import importance_weights, mismatch_metrics, scale_gradient
+from urpo.correction import importance_weights, mismatch_metrics, scale_gradient
 from urpo.rollout import SamplingArgs
 
 T = torch.tensor
@@ -134,7 +134,8 @@ def _prompts(tokenizer, count: int = 3) -> list[str]:
 
 def _trainer_logprobs(model, tokenizer, out, temperature: float) -> list[torch.Tensor]:
     """Log-probs of each completion as the trainer computes them (urpo.sequences), one tensor per completion."""
-    from urpo.sequences import TrainSequence, collate, completion_logits, token_logprobs
+    from urpo.episode import TrainSequence
+    from urpo.sequences import collate, completion_logits, token_logprobs
 
     n = out.samples_per_prompt
     seqs = [TrainSequence(out.prompt_ids[k // n], ids, 0.0, k // n, k % n) for k, ids in enumerate(out.completion_ids)]

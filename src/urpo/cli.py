@@ -39,7 +39,7 @@ TRACEBACK_VARIABLE = "URPO_TRACEBACK"
 
 # Subcommands that are not Lightning stages: name -> ("module:function" taking the remaining argv, help line).
 EXTRA_COMMANDS = {
-    "data": ("urpo.data.inspect:main", "inspect a config's data mixture and rendered prompts (no model weights)"),
+    "data": ("urpo.inspect_data:main", "inspect a config's data mixture and rendered prompts (no model weights)"),
     "eval-referee": ("urpo.referee_eval:main", "measure a model as a referee on a preference set"),
     "plan": ("urpo.plan.report:main", "memory per GPU and step time of a fit config, before launch (no weights)"),
     "plot": ("urpo.plots:main", "redraw a run's curves.png from its metrics.csv"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from urpo.errors import ConfigError
+from urpo.correction import CorrectionLevel, CorrectionMode, OldLogprobs
 from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
 
 
@@ -113,16 +114,16 @@ class RolloutCorrectionArgs:
     policy-gradient term. The mismatch itself is logged every step under ``mismatch/*``.
     """
 
-    level: Literal["none", "token", "sequence"] = "token"
+    level: CorrectionLevel = "token"
     """'token' weights each token; 'sequence' weights a whole completion by the product of its token ratios
     (TRL 1.16's default, with mode 'mask' and cap_max 3); 'none' logs the mismatch and corrects nothing."""
-    mode: Literal["truncate", "mask"] = "truncate"
+    mode: CorrectionMode = "truncate"
     """'truncate' clamps weights into [cap_min, cap_max] (TIS); 'mask' zeroes those outside (drops their gradient)."""
     cap_max: float | None = 2.0
     """Upper bound C of the weights (TIS uses 2; verl's default too). None: no bound."""
     cap_min: float | None = None
     """Lower bound of the weights. None: no bound."""
-    old_logprobs: Literal["trainer", "engine"] = "trainer"
+    old_logprobs: OldLogprobs = "trainer"
     """pi_old in GRPO's ratio: 'trainer' recomputes it with the trainer's forward (then the weights above correct
     for the engine); 'engine' uses the engine's log-probs directly (verl's bypass mode): the ratio's clip then also
     bounds the mismatch, no weights are applied, and num_iterations > 1 skips the extra old-log-prob forward."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from urpo import metric_keys as keys
 from urpo.objective import zero_variance
 
 
@@ -45,10 +46,11 @@ def select_groups(
         chosen = informative[:quota]
         filled = [i for i in members if flat[i]][: quota - len(chosen)]
         kept += chosen + filled
-        metrics[f"dynamic_sampling/{kind}_dropped"] = float(len(members) - len(chosen) - len(filled))
-        metrics[f"dynamic_sampling/{kind}_filled"] = float(len(filled))
-    metrics["dynamic_sampling/dropped"] = float(len(kinds) - len(kept))
-    metrics["dynamic_sampling/filled"] = sum(v for k, v in metrics.items() if k.endswith("_filled"))
+        metrics[keys.kind_dropped_groups(kind)] = float(len(members) - len(chosen) - len(filled))
+        metrics[keys.kind_filled_groups(kind)] = float(len(filled))
+    filled_total = sum(metrics[keys.kind_filled_groups(kind)] for kind in dict.fromkeys(kinds))
+    metrics[keys.DYNAMIC_SAMPLING_DROPPED] = float(len(kinds) - len(kept))
+    metrics[keys.DYNAMIC_SAMPLING_FILLED] = filled_total
     return sorted(kept), metrics
 
 

@@ -8,10 +8,14 @@ rewarded completion becomes a :class:`TrainSequence` for the update, carrying it
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from urpo.data.schema import Row
     from urpo.rollout import FinishReason
 
@@ -70,4 +74,19 @@ class TrainSequence:
             raise RuntimeError(f"engine log-probs cover {found} tokens of a {expected}-token completion")
 
 
-__all__ = ["Episode", "Messages", "TrainSequence"]
+def train_sequences(episodes: Sequence[Episode], rewards: Tensor, advantages: Tensor) -> list[TrainSequence]:
+    """One training sequence per completion that got a reward (``rewards``, ``advantages``: ``[N, G]``), with the
+    engine's log-probs of its tokens; unrewarded (NaN) and empty completions are left out of the loss."""
+    sequences = []
+    for i, episode in enumerate(episodes):
+        engine = episode.engine_logprobs
+        for j, completion_ids in enumerate(episode.completion_ids):
+            if math.isnan(rewards[i, j].item()) or not completion_ids:
+                continue
+            logprobs = list(engine[j]) if engine is not None else None
+            advantage = advantages[i, j].item()
+            sequences.append(TrainSequence(episode.prompt_ids[j], completion_ids, advantage, i, j, logprobs))
+    return sequences
+
+
+__all__ = ["Episode", "Messages", "TrainSequence", "train_sequences"]

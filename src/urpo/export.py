@@ -9,8 +9,7 @@ import torch
 
 if TYPE_CHECKING:
     import lightning as L
-
-    from urpo.module import URPOModule
+    from transformers import PreTrainedTokenizerBase
 
 
 def resolve_export_dir(trainer: L.Trainer, export_dir: str | None) -> Path | None:
@@ -33,26 +32,25 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def export_policy(module: URPOModule, target: Path) -> Path:
-    """Write the policy and the tokenizer to ``target`` as a plain Hugging Face model folder.
+def export_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, target: Path, rank: int = 0) -> Path:
+    """Write the policy ``model`` and its tokenizer to ``target`` as a plain Hugging Face model folder.
 
     A LoRA policy is written with its adapters merged into the base weights (4-bit / 8-bit bases dequantized), so
     loading it needs neither peft nor bitsandbytes; the adapter alone goes to ``target/adapter`` as a peft folder.
-    Under FSDP2 the shards are gathered first; every rank must call this.
+    Under FSDP2 the shards are gathered first; every rank must call this (``rank``: its global rank; rank 0 writes).
     """
     from urpo.lora import is_lora
 
-    model = module.policy
     state = full_state_dict(model)
-    if module.global_rank == 0:
+    if rank == 0:
         target.mkdir(parents=True, exist_ok=True)
         if is_lora(model):
             _save_merged(model, state, target)
             model.save_pretrained(target / "adapter", state_dict=state)  # peft keeps only the adapter entries
         else:
             model.save_pretrained(target, state_dict=state)
-        module.tokenizer.save_pretrained(target)
-        module.print(f"urpo: exported the trained model to {target}")
+        tokenizer.save_pretrained(target)
+        print(f"urpo: exported the trained model to {target}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return target

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from urpo import metric_keys as keys
 from urpo.data.schema import ROW_KINDS
 from urpo.objective import zero_variance
 
@@ -30,18 +31,18 @@ def reward_metrics(episodes: Sequence[Episode], rewards: torch.Tensor) -> dict[s
     """Reward mean/std overall and per kind, the share of unrewarded completions and of zero-variance groups."""
     rewards = rewards.detach().float().cpu()  # [N, G]
     mean, std = _nan_stats(rewards)
-    out = {"reward/mean": mean, "reward/std": std, "reward/missing_frac": torch.isnan(rewards).float().mean().item()}
+    out = {keys.REWARD_MEAN: mean, keys.REWARD_STD: std, keys.REWARD_MISSING_FRAC: torch.isnan(rewards).float().mean().item()}
     for kind in ROW_KINDS:
         rows = [i for i, e in enumerate(episodes) if e.row.kind == kind]
         if rows:
             kind_rewards = rewards[rows]  # [n_kind, G]
-            out[f"reward/{kind}_mean"], out[f"reward/{kind}_std"] = _nan_stats(kind_rewards)
-            out[f"rows/{kind}"] = float(len(rows))
+            out[keys.kind_reward_mean(kind)], out[keys.kind_reward_std(kind)] = _nan_stats(kind_rewards)
+            out[keys.kind_rows(kind)] = float(len(rows))
             # Where GRPO's signal is lost: a group whose rewards are all equal has zero advantage everywhere, and a
             # small within-group spread means small advantages once the group std is divided out.
-            out[f"groups/{kind}_zero_variance_frac"] = _zero_variance_frac(kind_rewards)
-            out[f"reward/{kind}_group_spread"] = _group_spread(kind_rewards)
-    out["groups/zero_variance_frac"] = _zero_variance_frac(rewards)
+            out[keys.kind_zero_variance_frac(kind)] = _zero_variance_frac(kind_rewards)
+            out[keys.kind_group_spread(kind)] = _group_spread(kind_rewards)
+    out[keys.ZERO_VARIANCE_FRAC] = _zero_variance_frac(rewards)
     return out
 
 
@@ -65,11 +66,11 @@ def completion_metrics(episodes: Sequence[Episode], sampling: SamplingArgs) -> d
     reasons = [r for e in episodes for r in e.finish_reasons]
     total = float(sum(lengths))
     return {
-        "completion/length_mean": total / max(len(lengths), 1),
-        "completion/length_max": float(max(lengths, default=0)),
-        "completion/truncated_frac": reasons.count("length") / max(len(reasons), 1),
-        "completion/tokens": total,
-        "completion/max_new_tokens": float(sampling.max_new_tokens),
+        keys.COMPLETION_LENGTH_MEAN: total / max(len(lengths), 1),
+        keys.COMPLETION_LENGTH_MAX: float(max(lengths, default=0)),
+        keys.COMPLETION_TRUNCATED_FRAC: reasons.count("length") / max(len(reasons), 1),
+        keys.COMPLETION_TOKENS: total,
+        keys.COMPLETION_MAX_NEW_TOKENS: float(sampling.max_new_tokens),
     }
 
 
@@ -77,7 +78,7 @@ def step_metrics(episodes: Sequence[Episode], rewards: torch.Tensor, advantages:
     """Every rollout-side metric of a step."""
     out = reward_metrics(episodes, rewards)
     out.update(completion_metrics(episodes, sampling))
-    out["advantage/abs_mean"] = advantages.abs().mean().item()
+    out[keys.ADVANTAGE_ABS_MEAN] = advantages.abs().mean().item()
     return out
 
 

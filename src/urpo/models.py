@@ -24,7 +24,10 @@ from urpo.errors import ConfigError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+FloatDType = Literal["float32", "bfloat16", "float16"]
+"""A floating-point dtype by name."""
+DType = Literal["auto", FloatDType]
+"""A floating-point dtype by name, or 'auto': the one the checkpoint was saved in."""
 
 
 @dataclass(frozen=True)

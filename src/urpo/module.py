@@ -2,8 +2,10 @@
 
 ``training_step`` orchestrates the phases of a step and nothing else: render prompts,
 roll out G completions per prompt, let reward callbacks score them (the self-judge generates its judgments there),
-compute group-relative advantages, and update the policy in micro-batches. The math lives in
-:mod:`urpo.objective`, the tensor packing in :mod:`urpo.sequences`.
+compute group-relative advantages, and update the policy in micro-batches. The step's data is typed in
+:mod:`urpo.episode`, the update loop lives in :mod:`urpo.update`, the math in :mod:`urpo.objective` and
+:mod:`urpo.correction`, the tensor packing in :mod:`urpo.sequences`. Lower modules never see the module itself: they
+get plain values or a small typed context (:class:`~urpo.rewards.base.RewardContext`, :class:`~urpo.update.Ranks`).
 """
 
 from __future__ import annotations
@@ -18,26 +20,26 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from urpo import metric_keys as keys
 from urpo import metrics as step_metrics
 from urpo import progress
 from urpo.config import EngineName, GRPOArgs, LoggingArgs, RolloutCorrectionArgs
 from urpo.data.schema import ROW_KINDS, Row
 from urpo.dynamic_sampling import select_groups
-from urpo.engines import correction
 from urpo.engines.vllm_engine import VLLMArgs
+from urpo.episode import Episode, TrainSequence, train_sequences
 from urpo.errors import ConfigError
 from urpo.lora import LoraArgs, QuantizationArgs, apply_lora, load_quantized_model, reference_policy
 from urpo.models import ModelArgs, load_model, load_tokenizer
-from urpo.objective import group_advantages, policy_loss
+from urpo.objective import group_advantages
 from urpo.progress import ProgressGuard
 from urpo.prompts import PlayerTemplate, render_chat
 from urpo.referee import RefereeTemplate, shuffled_order
-from urpo.rewards.base import Episode, RewardCallback, checked_result, combine_rewards
+from urpo.rewards.base import RewardCallback, RewardContext, score_episodes
 from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs
-from urpo.sequences import TrainSequence, completion_logits, token_logprobs
 from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 from urpo.timing import PhaseTimer
-from urpo.update import UpdatePlan, entropy_of
+from urpo.update import Ranks, Updater
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -144,11 +146,13 @@ class URPOModule(L.LightningModule):
         self.policy = policy
         self.engine = self._build_engine()
         if self.device_mesh is not None:
-            from urpo.strategies import apply_fsdp
+            from urpo.strategies import apply_fsdp, fsdp_settings
 
-            apply_fsdp(self)
+            settings = fsdp_settings(self.trainer.strategy)
+            self.engine = apply_fsdp(self.policy, self.reference, self.device_mesh, settings, self.engine)
+        context = RewardContext(self.engine, self.tokenizer, self.referee, self.sampling, tuple(self.rewards))
         for reward in self.rewards:
-            reward.setup(self)
+            reward.setup(context)
 
     def _build_engine(self) -> RolloutEngine:
         if self.engine_name == "hf":
@@ -215,15 +219,15 @@ class URPOModule(L.LightningModule):
         metrics = step_metrics.step_metrics(sampled, sampled_rewards, advantages, self.tokenizer, self.sampling)
         metrics.update(selection_metrics)
         outcome = progress.outcome(update_metrics, self.skipped_steps - skipped_before, self.grpo.num_iterations)
-        self.progress.record(outcome, metrics["reward/missing_frac"], [r.name for r in self.rewards])
+        self.progress.record(outcome, metrics[keys.REWARD_MISSING_FRAC], [r.name for r in self.rewards])
         metrics.update(reward_metrics)
         metrics.update(update_metrics)
-        metrics.update(timer.metrics(completion_tokens=metrics["completion/tokens"]))
-        metrics["train/skipped_steps"] = float(self.skipped_steps)
-        metrics["train/lr"] = float(self.optimizers().param_groups[0]["lr"])
+        metrics.update(timer.metrics(completion_tokens=metrics[keys.COMPLETION_TOKENS]))
+        metrics[keys.SKIPPED_STEPS] = float(self.skipped_steps)
+        metrics[keys.LEARNING_RATE] = float(self.optimizers().param_groups[0]["lr"])
         metrics.update(getattr(self.trainer.datamodule, "counters", None) or {})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
-        self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        self.log("reward", metrics[keys.REWARD_MEAN], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
         self._maybe_write_samples(episodes, rewards, advantages, step)
 
     def _dynamic_sampling(
@@ -249,7 +253,8 @@ class URPOModule(L.LightningModule):
         rewards, callback_metrics = self.score(episodes)
         metrics = step_metrics.reward_metrics(episodes, rewards)
         metrics.update(callback_metrics)
-        finite = {f"{split}/{k}": v for k, v in metrics.items() if math.isfinite(v) and not k.startswith("rows/")}
+        kept = {k: v for k, v in metrics.items() if math.isfinite(v) and not k.startswith(keys.ROWS_PREFIX)}
+        finite = {keys.held_out(split, k): v for k, v in kept.items()}
         self.log_dict(finite, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
     def rollout(self, rows: Sequence[Row], batch_idx: int = 0) -> list[Episode]:
@@ -296,6 +301,11 @@ class URPOModule(L.LightningModule):
         messages = self.referee.messages(row.prompt, row.responses, order)
         return Episode(row=row, messages=messages, orders=orders)
 
+    def prompt_text(self, row: Row) -> str:
+        """The chat prompt ``row`` is trained on, as the model reads it; the DataModule measures it (its
+        :class:`~urpo.data.datamodule.PromptModel` face)."""
+        return render_chat(self.tokenizer, self.render(row, random.Random(0)).messages)
+
     def _completion_messages(self, episode: Episode) -> list[list[dict[str, str]]]:
         """The chat messages each of the episode's G completions answers (the same object when they share one)."""
         orders = episode.orders
@@ -309,125 +319,37 @@ class URPOModule(L.LightningModule):
 
     def score(self, episodes: Sequence[Episode], timer: PhaseTimer | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Rewards ``[N, G]`` (NaN: no reward) from every callback serving each episode's kind, and their metrics."""
-        timer = timer or PhaseTimer()
-        g = self.grpo.num_generations
-        parts: dict[int, list[tuple[float, torch.Tensor]]] = {i: [] for i in range(len(episodes))}
-        metrics: dict[str, float] = {}
-        for reward in self.rewards:
-            chosen = [i for i, e in enumerate(episodes) if e.row.kind in reward.kinds]
-            if not chosen:
-                continue
-            served = [episodes[i] for i in chosen]
-            with timer(f"reward_{reward.name}"):
-                result = checked_result(reward, reward.score(served), served, g)
-            for row_pos, i in enumerate(chosen):
-                parts[i].append((reward.weight, result.rewards[row_pos : row_pos + 1].float()))
-            metrics.update({f"reward/{reward.name}/{k}": v for k, v in result.metrics.items()})
-        missing = sorted({episodes[i].row.kind for i, p in parts.items() if not p})
-        if missing:
-            raise ConfigError(f"no reward callback serves row kind(s) {missing}; add one to model.rewards")
-        rows = [combine_rewards(parts[i]) for i in range(len(episodes))]
-        return torch.cat(rows, dim=0).to(self.device), metrics  # [N, G]
+        rewards, metrics = score_episodes(self.rewards, episodes, self.grpo.num_generations, timer)
+        return rewards.to(self.device), metrics  # [N, G]
 
     def build_sequences(
         self, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor
     ) -> list[TrainSequence]:
-        """One training sequence per completion that got a reward; unrewarded ones are left out of the loss."""
-        sequences = []
-        for i, episode in enumerate(episodes):
-            engine = episode.engine_logprobs
-            for j, completion_ids in enumerate(episode.completion_ids):
-                if math.isnan(rewards[i, j].item()) or not completion_ids:
-                    continue
-                logprobs = list(engine[j]) if engine is not None else None
-                sequences.append(TrainSequence(episode.prompt_ids[j], completion_ids, advantages[i, j].item(), i, j, logprobs))
-        return sequences
+        """One training sequence per completion that got a reward (:func:`~urpo.episode.train_sequences`)."""
+        return train_sequences(episodes, rewards, advantages)
 
     # ---- the update ---------------------------------------------------------------------------------------------
 
     def update(self, sequences: list[TrainSequence], engine_logprobs: bool = False) -> dict[str, float]:
-        """``num_iterations`` optimizer steps over the rollout batch, each accumulated over micro-batches.
+        """``num_iterations`` optimizer steps over the rollout batch (:class:`~urpo.update.Updater`).
 
-        ``engine_logprobs``: the engine reported log-probs for this rank's rollout (the sequences then carry them);
-        a rank left with no sequence to train on still pads its micro-batches the same way.
+        ``engine_logprobs``: the engine reported log-probs for this rank's rollout (the sequences then carry them).
         """
-        trained = self._sequences_with_gradient(sequences)
-        with_engine = engine_logprobs or any(s.engine_logprobs is not None for s in sequences)
-        plan = UpdatePlan.build(self, trained, counted=sequences, engine_logprobs=with_engine)
-        if plan.num_sequences == 0:
-            return {"train/empty_updates": 1.0}  # every completion of the step lacked a reward, on every rank
-        if with_engine and self.rollout_correction.old_logprobs == "engine":
-            old_logps = [batch.engine_logprobs for batch in plan.batches]
-        else:
-            old_logps = plan.logprobs(self, self.policy) if self.grpo.num_iterations > 1 else None
-        ref_logps = None
-        if self.grpo.beta > 0:
-            with self._reference_model() as reference:
-                ref_logps = plan.logprobs(self, reference)
-        totals: dict[str, float] = {}
-        counts: dict[str, int] = {}  # per key: padding micro-batches report no mismatch metrics
-        for _ in range(self.grpo.num_iterations):
-            for index in range(plan.num_micro_batches):
-                stats = self._micro_step(plan, index, old_logps, ref_logps)
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                    counts[key] = counts.get(key, 0) + 1
-            if plan.num_micro_batches == 0:
-                self._zero_gradients()  # nothing to backpropagate: step on exact zeros, as a full update would
-            totals["train/grad_norm"] = self._optimizer_step()
-        metrics = {k: (v if k == "train/grad_norm" else v / counts[k]) for k, v in totals.items()}
-        if plan.num_micro_batches == 0:  # every completion skipped: the loss was exactly zero (per-token stats: none)
-            metrics.update({"train/loss": 0.0, "train/pg_loss": 0.0})
-        metrics["train/zero_advantage_skipped"] = float(len(sequences) - len(trained))
-        return metrics
-
-    def _sequences_with_gradient(self, sequences: list[TrainSequence]) -> list[TrainSequence]:
-        """The sequences worth a forward/backward: see ``GRPOArgs.skip_zero_advantage``.
-
-        Without a KL term every loss term of a completion is its advantage times a (clipped, maybe importance-
-        weighted) ratio, so an advantage of exactly 0 gives an exactly zero gradient.
-        """
-        if not self.grpo.skip_zero_advantage or self.grpo.beta > 0:
-            return sequences
-        return [seq for seq in sequences if seq.advantage != 0.0]
-
-    def _zero_gradients(self) -> None:
-        """Give every trainable parameter a zero gradient, so the optimizer step (momentum, weight decay) runs as
-        it would after a backward pass whose gradients were all zero."""
-        for param in self.policy.parameters():
-            if param.requires_grad and param.grad is None:
-                param.grad = torch.zeros_like(param)
-
-    def _micro_step(
-        self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None
-    ) -> dict[str, float]:
-        batch, weight = plan.micro_batch(index)
-        logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
-        logp = token_logprobs(logits, batch.completion_ids)  # [B, C]
-        old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
-        ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
-        engine = batch.engine_logprobs if weight > 0 else None  # [B, C]
-        # Importance-weights the gradient for the engine's sampling and measures the mismatch; no-op without engine.
-        loss_logp, mismatch = correction.correct(logp, old, engine, batch.completion_mask, self.rollout_correction)
-        out = policy_loss(
-            loss_logp, old, batch.advantages, batch.completion_mask,
-            eps_low=self.grpo.epsilon_low, eps_high=self.grpo.epsilon_high, dual_clip=self.grpo.dual_clip,
-            importance=self.grpo.importance, ref_logp=ref, beta=self.grpo.beta, kl_estimator=self.grpo.kl_estimator,
-            aggregation=self.grpo.loss_aggregation, num_tokens=plan.num_tokens, num_sequences=plan.num_sequences,
-            max_completion_length=self.sampling.max_new_tokens,
+        updater = Updater(
+            self.policy, self.grpo, self.rollout_correction, self.sampling, self.tokenizer.pad_token_id,
+            ranks=self._ranks(), backward=self.manual_backward, optimizer_step=self._optimizer_step,
+            reference=self._reference_model,
         )
-        # DDP and FSDP average gradients over ranks; the loss is normalised by global counts, so undo the average.
-        self.manual_backward(out.loss * weight * self.trainer.world_size)
-        stats = {
-            "train/loss": out.loss.item() * weight, "train/pg_loss": out.pg_loss.item() * weight,
-            "train/clip_low_frac": out.clip_low_frac.item(), "train/clip_high_frac": out.clip_high_frac.item(),
-            "train/dual_clip_frac": out.dual_clip_frac.item(), "train/ratio_mean": out.ratio_mean.item(),
-            "train/entropy": entropy_of(logits, batch.completion_mask),
-        }
-        if out.kl is not None:
-            stats["train/kl"] = out.kl.item() * weight
-        stats.update(mismatch)
-        return stats
+        return updater.run(sequences, engine_logprobs)
+
+    def _ranks(self) -> Ranks:
+        """This rank's device and collectives, for the update plan."""
+        if self._trainer is None:
+            return Ranks(self.device)
+        return Ranks(
+            self.device, sum=lambda local: self.trainer.strategy.reduce(local, reduce_op="sum"),
+            max=self._max_over_ranks, world_size=self.trainer.world_size,
+        )
 
     def _optimizer_step(self) -> float:
         """Clip, then step unless the gradient is not finite (then the step is skipped and counted)."""
@@ -490,7 +412,7 @@ class URPOModule(L.LightningModule):
 
         target = resolve_export_dir(self.trainer, self.logging_args.export_dir)
         if target is not None:
-            export_policy(self, target)
+            export_policy(self.policy, self.tokenizer, target, rank=self.global_rank)
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from urpo import metric_keys as keys
 from urpo.errors import StalledRunError
 
 EMPTY = "empty"
@@ -22,7 +23,7 @@ NON_FINITE = "non-finite"
 
 def outcome(update_metrics: dict[str, float], skipped_optimizer_steps: int, num_iterations: int) -> str | None:
     """How a batch's update ended: None if it made an optimizer step, else :data:`EMPTY` or :data:`NON_FINITE`."""
-    if "train/empty_updates" in update_metrics:
+    if keys.EMPTY_UPDATES in update_metrics:
         return EMPTY
     return NON_FINITE if skipped_optimizer_steps >= num_iterations else None
 

@@ -13,17 +13,10 @@ from urpo.errors import ConfigError
 
 
 def kinds_in_data(datamodule: Any, stage: str | None) -> set[str]:
-    """The row kinds ``stage`` will train or evaluate on: the mixture's kinds for fit, the rows' kinds otherwise."""
-    if datamodule is None:
-        return set()
-    kinds: set[str] = set()
-    if stage in (None, "fit"):
-        kinds |= set(getattr(datamodule, "quotas", {}) or {})
-    split = {"validate": "val", "test": "test"}.get(stage or "")
-    for name, rows in (getattr(datamodule, "_eval_rows", {}) or {}).items():
-        if split is None or name == split:
-            kinds |= {row.kind for row in rows}
-    return kinds
+    """The row kinds ``stage`` will train or evaluate on, as the DataModule reports them
+    (:meth:`~urpo.data.datamodule.URPODataModule.row_kinds`); none for a DataModule that does not say."""
+    row_kinds = getattr(datamodule, "row_kinds", None)
+    return set(row_kinds(stage)) if row_kinds is not None else set()
 
 
 def check_rewards_serve_data(rewards: Sequence[Any], kinds: Iterable[str]) -> None:

@@ -22,21 +22,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from urpo.errors import ConfigError
+from urpo.models import FloatDType
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
-    from urpo.module import URPOModule
     from urpo.rollout import RolloutBatch, RolloutEngine, SamplingArgs
 
-FloatDType = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
@@ -185,20 +184,25 @@ def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def apply_fsdp(module: URPOModule) -> None:
-    """Shard ``module``'s policy and frozen reference on its device mesh, and gather the policy for rollouts.
+def apply_fsdp(
+    policy: torch.nn.Module, reference: torch.nn.Module | None, mesh: DeviceMesh, settings: FSDPSettings,
+    engine: RolloutEngine | None,
+) -> RolloutEngine | None:
+    """Shard the policy and the frozen reference (in place) on ``mesh``; returns the rollout engine to use from now
+    on: ``engine`` itself, or ``engine`` wrapped to gather the policy for each rollout (``unshard_for_generation``).
+    The caller installs it.
 
     The reference is stored in ``param_dtype``: it is only ever computed in that dtype, so a float32 copy would
     double its memory for nothing.
     """
-    settings = fsdp_settings(module.trainer.strategy)
-    shard_model(module.policy, module.device_mesh, settings)
-    if module.reference is not None:
+    shard_model(policy, mesh, settings)
+    if reference is not None:
         if settings.param_dtype is not None:
-            module.reference.to(_dtype(settings.param_dtype))
-        shard_model(module.reference, module.device_mesh, settings)
-    if settings.unshard_for_generation and module.engine is not None:
-        module.engine = UnshardedGenerationEngine(module.engine, lambda: module.policy, settings)
+            reference.to(_dtype(settings.param_dtype))
+        shard_model(reference, mesh, settings)
+    if settings.unshard_for_generation and engine is not None:
+        return UnshardedGenerationEngine(engine, lambda: policy, settings)
+    return engine
 
 
 def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:

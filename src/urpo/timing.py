@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from urpo import metric_keys as keys
+
 
 class PhaseTimer:
     """Accumulates seconds per named phase; phases may nest (a reward's time is part of 'score')."""
@@ -25,9 +27,9 @@ class PhaseTimer:
     def metrics(self, completion_tokens: float) -> dict[str, float]:
         """``time/<phase>`` seconds, the whole step, and completion tokens per second of the step."""
         step = time.perf_counter() - self._started
-        out = {f"time/{phase}": seconds for phase, seconds in self.seconds.items()}
-        out["time/step"] = step
-        out["throughput/tokens_per_s"] = completion_tokens / step if step > 0 else 0.0
+        out = {keys.phase_seconds(phase): seconds for phase, seconds in self.seconds.items()}
+        out[keys.STEP_SECONDS] = step
+        out[keys.TOKENS_PER_SECOND] = completion_tokens / step if step > 0 else 0.0
         if self.seconds.get("generate"):
-            out["throughput/generate_tokens_per_s"] = completion_tokens / self.seconds["generate"]
+            out[keys.GENERATE_TOKENS_PER_SECOND] = completion_tokens / self.seconds["generate"]
         return out

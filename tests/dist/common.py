@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from urpo.sequences import MicroBatch, TrainSequence
+from urpo.episode import TrainSequence
+from urpo.sequences import MicroBatch
 
 ROOT = Path(__file__).resolve().parents[2]
 

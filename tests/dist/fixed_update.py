@@ -142,7 +142,7 @@ def main() -> None:
     if trainer.global_rank == 0:
         torch.save(state, out / "policy.pt")
     if args.export:
-        export_policy(module, out / "hf_model")
+        export_policy(module.policy, module.tokenizer, out / "hf_model", rank=module.global_rank)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 

@@ -20,7 +20,9 @@ sys.path.insert(0, str(ROOT))
 from tests.dist.common import fixed_sequences
 from urpo.lora import LoraArgs, apply_lora
 from urpo.sequences import collate, completion_logits, token_logprobs
-from urpo.strategies import FSDP2Strategy, FSDPSettings, apply_fsdp, decoder_layers, shard_model, unsharded
+from urpo.strategies import (
+    FSDP2Strategy, FSDPSettings, apply_fsdp, decoder_layers, fsdp_settings, shard_model, unsharded,
+)
 
 FP32 = FSDPSettings(param_dtype=None, reduce_dtype=None)
 
@@ -96,7 +98,9 @@ def main(model_dir: str, out: Path) -> None:
         trainer=SimpleNamespace(strategy=FSDP2Strategy()), device_mesh=mesh, policy=policy,
         reference=copy.deepcopy(policy).eval().requires_grad_(False), engine=SimpleNamespace(sync_weights=lambda: None),
     )
-    apply_fsdp(module)
+    module.engine = apply_fsdp(
+        module.policy, module.reference, module.device_mesh, fsdp_settings(module.trainer.strategy), module.engine
+    )
     report["reference_dtype"] = str(next(module.reference.parameters()).dtype)
     report["policy_dtype"] = str(next(module.policy.parameters()).dtype)
     report["engine_wrapped"] = type(module.engine).__name__

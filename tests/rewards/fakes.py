@@ -1,16 +1,16 @@
-"""Test doubles for reward callbacks: a module-shaped object, a scripted engine, and a judge that reads prompts."""
+"""Test doubles for reward callbacks: a reward context, a scripted engine, and a judge that reads prompts."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from urpo.data.schema import OpenRow, PreferenceRow, VerifiableRow
 from urpo.referee import RefereeTemplate
-from urpo.rewards.base import Episode
+from urpo.episode import Episode
+from urpo.rewards.base import RewardContext
 from urpo.rollout import RolloutBatch, SamplingArgs
 
 _SHOWN = re.compile(r"\[Response ([A-Z])\]\n(.*?)\n\[End of Response \1\]", re.DOTALL)
@@ -56,13 +56,13 @@ class ScriptedEngine:
         pass
 
 
-def fake_module(
-    engine: ScriptedEngine | None = None, template: RefereeTemplate | None = None, **extra: Any
-) -> SimpleNamespace:
-    """An object with what reward callbacks read from the module."""
-    return SimpleNamespace(
-        referee=template or RefereeTemplate(), engine=engine, tokenizer=WordTokenizer(),
-        sampling=SamplingArgs(max_new_tokens=64), grpo=SimpleNamespace(num_generations=4), rewards=[], **extra,
+def fake_context(
+    engine: ScriptedEngine | None = None, template: RefereeTemplate | None = None, rewards: Sequence[Any] = ()
+) -> RewardContext:
+    """What reward callbacks get from a run, with a scripted engine and a word tokenizer."""
+    return RewardContext(
+        engine=engine, tokenizer=WordTokenizer(), referee=template or RefereeTemplate(),
+        sampling=SamplingArgs(max_new_tokens=64), rewards=tuple(rewards),
     )  # fmt: skip
 
 
@@ -95,7 +95,8 @@ def preference_episode(
 ) -> Episode:
     row = preference_row(scores, responses=responses)
     reasons = ["stop"] * len(completions)
-    return Episode(row=row, messages=[], completions=completions, finish_reasons=reasons, orders=[list(order)] * len(completions))
+    orders = [list(order)] * len(completions)
+    return Episode(row=row, messages=[], completions=completions, finish_reasons=reasons, orders=orders)
 
 
 def open_episode(answers: list[str], reference: str | None = None, index: int = 0) -> Episode:

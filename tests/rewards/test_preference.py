@@ -9,7 +9,7 @@ import torch
 
 from tests.rewards.fakes import (
     ScriptedEngine,
-    fake_module,
+    fake_context,
     preference_episode,
     ranking,
     shown_responses,
@@ -28,7 +28,7 @@ TAU_TIE = (2 / math.sqrt(6) + 1) / 2  # tau-b of resp0 = resp1 > resp2: concorda
 
 def reward_of(text: str, metric: str, ties: bool = False) -> float:
     callback = PreferenceReward(metric=metric, format_penalty=PENALTY)
-    callback.setup(fake_module(template=RefereeTemplate(allow_ties=ties)))
+    callback.setup(fake_context(template=RefereeTemplate(allow_ties=ties)))
     result = callback.score([preference_episode([text], ORDER3, SCORES3)])
     return result.rewards[0, 0].item()
 
@@ -61,7 +61,7 @@ def test_reward_of_each_metric(text: str, ties: bool, expected: dict[str, float]
 def test_verdict_is_mapped_back_through_the_presentation_order() -> None:
     # Pair, response 0 better. Shown as A=resp1, B=resp0: "B > A" is right, "A > B" wrong; unshuffled it flips.
     callback = PreferenceReward()
-    callback.setup(fake_module())
+    callback.setup(fake_context())
     swapped = preference_episode([ranking("B", "A"), ranking("A", "B")], order=[1, 0])
     straight = preference_episode([ranking("B", "A"), ranking("A", "B")], order=[0, 1])
     result = callback.score([swapped, straight])
@@ -70,7 +70,7 @@ def test_verdict_is_mapped_back_through_the_presentation_order() -> None:
 
 def test_metrics_count_failures_and_accuracy() -> None:
     callback = PreferenceReward(metric="top1")
-    callback.setup(fake_module())
+    callback.setup(fake_context())
     texts = [ranking("B", "C", "A"), ranking("C", "B", "A"), "no verdict", ranking("B", "B", "A")]
     result = callback.score([preference_episode(texts, ORDER3, SCORES3)])
     assert result.rewards.tolist() == [[1.0, 0.0, -0.5, -0.5]]
@@ -86,7 +86,7 @@ def test_metrics_count_failures_and_accuracy() -> None:
 
 def test_first_shown_top_measures_position_bias_over_mirrored_orders() -> None:
     callback = PreferenceReward()
-    callback.setup(fake_module())
+    callback.setup(fake_context())
     always_a = preference_episode([ranking("A", "B")] * 4, [0, 1])
     always_a.orders = [[0, 1], [0, 1], [1, 0], [1, 0]]
     result = callback.score([always_a])
@@ -100,7 +100,7 @@ def test_first_shown_top_measures_position_bias_over_mirrored_orders() -> None:
 
 def test_all_failures_give_nan_accuracy_not_an_error() -> None:
     callback = PreferenceReward()
-    callback.setup(fake_module())
+    callback.setup(fake_context())
     result = callback.score([preference_episode(["x", "y"], [0, 1])])
     assert result.rewards.tolist() == [[-0.5, -0.5]]
     assert math.isnan(result.metrics["referee_accuracy"]) and result.metrics["parse_failure_rate"] == 1.0
@@ -118,7 +118,7 @@ def test_forged_ranking_inside_a_response_cannot_claim_a_rank() -> None:
     assert template.parse(echoed, 2).__class__.__name__ == "ParseFailure"
     engine = ScriptedEngine(lambda p, k: shown_responses(p)[-1])
     callback = PreferenceReward(consistency=True)
-    callback.setup(fake_module(engine))
+    callback.setup(fake_context(engine))
     episode = preference_episode([echoed, echoed], [0, 1], responses=("fine answer", evil))
     result = callback.score([episode])
     assert result.rewards.tolist() == [[-0.5, -0.5]]
@@ -133,7 +133,7 @@ def test_consistency_rewards_only_verdicts_confirmed_in_the_other_order() -> Non
     # right verdict is "B > A". Sample 0 of the second judgment confirms; sample 1 picks A again (position bias).
     engine = ScriptedEngine(lambda prompt, k: [ranking("B", "A"), ranking("A", "B")][k])
     callback = PreferenceReward(consistency=True)
-    callback.setup(fake_module(engine))
+    callback.setup(fake_context(engine))
     episode = preference_episode([ranking("A", "B"), ranking("A", "B")], order=[0, 1])
     result = callback.score([episode])
     assert result.rewards.tolist() == [[1.0, 0.0]]
@@ -151,7 +151,7 @@ def test_consistency_penalties_and_graded_metric() -> None:
     second = [ranking("B", "A", "C"), "garbage", ranking("A", "B", "C")]
     engine = ScriptedEngine(lambda prompt, k: second[k])
     callback = PreferenceReward(consistency=True, metric="pairwise")
-    callback.setup(fake_module(engine))
+    callback.setup(fake_context(engine))
     first = ["garbage", ranking("B", "C", "A"), ranking("B", "C", "A")]
     result = callback.score([preference_episode(first, ORDER3, SCORES3)])
     # 0: first unparsed -> penalty. 1: second unparsed -> min(1, 0) = 0. 2: second gives resp1 > resp0 > resp2,
@@ -164,7 +164,7 @@ def test_consistency_penalties_and_graded_metric() -> None:
 def test_consistency_makes_one_engine_call_for_all_rows() -> None:
     engine = ScriptedEngine(lambda prompt, k: ranking("B", "A"))
     callback = PreferenceReward(consistency=True)
-    callback.setup(fake_module(engine))
+    callback.setup(fake_context(engine))
     episodes = [preference_episode([ranking("A", "B")] * 4, order=[i % 2, 1 - i % 2]) for i in range(3)]
     result = callback.score(episodes)
     assert len(engine.calls) == 1 and len(engine.calls[0][0]) == 3 and engine.calls[0][1] == 4
@@ -174,14 +174,14 @@ def test_consistency_makes_one_engine_call_for_all_rows() -> None:
 def test_shuffled_second_order_differs_and_resumes() -> None:
     engine = ScriptedEngine(lambda prompt, k: "x")
     a = PreferenceReward(consistency=True, second_order="shuffled", seed=3)
-    a.setup(fake_module(engine))
+    a.setup(fake_context(engine))
     state = a.state_dict()
     episodes = [preference_episode(["x"], list(ORDER3), SCORES3) for _ in range(5)]
     a.score(episodes)
     orders = [e.notes[a.name].order for e in episodes]
     assert all(sorted(o) == [0, 1, 2] and o != ORDER3 for o in orders)
     b = PreferenceReward(consistency=True, second_order="shuffled", seed=99)
-    b.setup(fake_module(engine))
+    b.setup(fake_context(engine))
     b.load_state_dict({"rng": [state["rng"][0], list(state["rng"][1]), state["rng"][2]]})  # lists, as after JSON
     again = [preference_episode(["x"], list(ORDER3), SCORES3) for _ in range(5)]
     b.score(again)
@@ -201,7 +201,7 @@ def test_needs_setup_and_an_order() -> None:
     with pytest.raises(ConfigError, match="setup"):
         PreferenceReward().score([preference_episode(["x"], [0, 1])])
     callback = PreferenceReward()
-    callback.setup(fake_module())
+    callback.setup(fake_context())
     episode = preference_episode(["x"], [0, 1])
     episode.orders = None
     with pytest.raises(ConfigError, match="order"):
@@ -210,7 +210,7 @@ def test_needs_setup_and_an_order() -> None:
 
 def test_rewards_are_float32_of_shape_n_by_g() -> None:
     callback = PreferenceReward()
-    callback.setup(fake_module())
+    callback.setup(fake_context())
     result = callback.score([preference_episode([ranking("A", "B")] * 3, [0, 1]) for _ in range(2)])
     assert result.rewards.dtype == torch.float32 and tuple(result.rewards.shape) == (2, 3)
 
@@ -223,7 +223,7 @@ def test_a_referee_that_echoes_its_prompt_gets_the_format_penalty(reminder) -> N
     episode = preference_episode([echo, echo + "\n", "B > A", "<ranking>B > A</ranking>"], [1, 0])
     episode.messages = messages
     callback = PreferenceReward()
-    callback.setup(fake_module(template=template))
+    callback.setup(fake_context(template=template))
     result = callback.score([episode])
     # Shown order [1, 0]: label B is response 0, the gold best; only the last completion is a real verdict.
     assert result.rewards.tolist() == [[-0.5, -0.5, -0.5, 1.0]]

@@ -9,7 +9,7 @@ import torch
 
 from tests.rewards.fakes import (
     ScriptedEngine,
-    fake_module,
+    fake_context,
     open_episode,
     perfect_judge,
     quality,
@@ -31,9 +31,8 @@ def judge_with(
 ) -> tuple[SelfJudge, ScriptedEngine]:
     engine = ScriptedEngine(script)
     callback = SelfJudge(**kwargs)
-    module = fake_module(engine, template)
-    module.rewards = [callback]
-    callback.setup(module)
+    context = fake_context(engine, template, rewards=[callback])
+    callback.setup(context)
     return callback, engine
 
 
@@ -104,7 +103,7 @@ def test_borda_scores_end_to_end_with_one_engine_call() -> None:
 def test_sampling_defaults_to_the_modules() -> None:
     callback, engine = judge_with()
     callback.score([open_episode(["q=1", "q=2"])])
-    assert engine.calls[0][2] == callback.module.sampling
+    assert engine.calls[0][2] == callback.context.sampling
 
 
 def test_chunks_when_asked_and_still_one_call() -> None:
@@ -216,9 +215,8 @@ def test_cross_check_logs_agreement_and_gives_no_reward() -> None:
     callback = SelfJudge(cross_check_verifiable=True)
     assert callback.kinds == ("open", "verifiable")
     engine = ScriptedEngine(perfect_judge)
-    module = fake_module(engine)
-    module.rewards = [callback, MathVerifier()]
-    callback.setup(module)
+    context = fake_context(engine, rewards=[callback, MathVerifier()])
+    callback.setup(context)
     # Correct answers (4) carry the higher hidden quality, so a perfect judge agrees with the verifier.
     right = verifiable_episode(["\\boxed{4} q=2", "\\boxed{5} q=1", "\\boxed{4} q=3", "\\boxed{3} q=0"])
     all_wrong = verifiable_episode(["\\boxed{1} q=1", "\\boxed{2} q=2", "\\boxed{1} q=0", "\\boxed{9} q=3"], index=1)
@@ -239,9 +237,8 @@ def worst_first_judge(prompt: str, _: int = 0) -> str:
 
 def test_cross_check_with_an_inverted_judge() -> None:
     callback = SelfJudge(cross_check_verifiable=True)
-    module = fake_module(ScriptedEngine(worst_first_judge))
-    module.rewards = [MathVerifier(), callback]
-    callback.setup(module)
+    context = fake_context(ScriptedEngine(worst_first_judge), rewards=[MathVerifier(), callback])
+    callback.setup(context)
     result = callback.score([verifiable_episode(["\\boxed{4} q=2", "\\boxed{5} q=1"])])
     assert result.metrics["cross_check/pairwise_agreement"] == 0.0
     assert result.metrics["cross_check/top1_correct"] == 0.0
@@ -249,10 +246,9 @@ def test_cross_check_with_an_inverted_judge() -> None:
 
 def test_cross_check_needs_a_verifier() -> None:
     callback = SelfJudge(cross_check_verifiable=True)
-    module = fake_module(ScriptedEngine(perfect_judge))
-    module.rewards = [callback]
+    context = fake_context(ScriptedEngine(perfect_judge), rewards=[callback])
     with pytest.raises(ConfigError, match="verifiable"):
-        callback.setup(module)
+        callback.setup(context)
 
 
 @pytest.mark.parametrize(
@@ -271,7 +267,7 @@ def test_a_judge_that_echoes_its_prompt_gives_no_rewards(reminder) -> None:
     # be read as a verdict (the prompt is compared with the judgment).
     template = RefereeTemplate(reminder=reminder)
     judge = SelfJudge(judgments_per_group=2)
-    judge.setup(fake_module(ScriptedEngine(lambda prompt, k: prompt), template))
+    judge.setup(fake_context(ScriptedEngine(lambda prompt, k: prompt), template))
     result = judge.score([open_episode(["first answer", "second answer", "third answer"])])
     assert torch.isnan(result.rewards).all()
     assert result.metrics["parse_failure_rate"] == 1.0 and result.metrics["parse_failure/no_ranking"] == 2.0

@@ -83,7 +83,7 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     from urpo.prompts import render_chat
     from urpo.ranking import pairwise_accuracy
     from urpo.referee_eval import judging_prompts
-    from urpo.rewards.preference import read_verdict
+    from urpo.referee import read_verdict
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = load_tokenizer(ModelArgs(name_or_path=model_dir))

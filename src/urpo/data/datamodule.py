@@ -3,29 +3,44 @@
 It yields lists of rows, never tensors: prompts are rendered and generated from inside the module. See
 :mod:`urpo.data.mixture` for how batches are drawn, :mod:`urpo.data.sources` and :mod:`urpo.data.formats` for the
 supported files and public dataset formats.
+
+The DataModule and the model it feeds exchange what they need through two documented faces, not each other's
+insides: the model is a :class:`PromptModel` (its tokenizer and the prompt a row is rendered to, for
+``max_prompt_tokens``), and the DataModule offers :meth:`URPODataModule.row_kinds` (the kinds a stage will see, for
+the reward check at setup) and :attr:`URPODataModule.counters` (data counts the model logs with every step).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from urpo import metric_keys as keys
 from urpo.data.mixture import Cursor, MemoryCursor, Mixer, StreamCursor, kind_quotas, normalised_shares
 from urpo.data.schema import ROW_KINDS, Row, RowKind
-from urpo.data.sources import SkipReport, SourceSpec, iter_source, load_source
+from urpo.data.sources import OnBadRow, SkipReport, SourceSpec, iter_source, load_source
 from urpo.errors import ConfigError
 
-OnBadRow = Literal["error", "skip"]
 PromptOverflow = Literal["drop", "truncate"]
+
+
+class PromptModel(Protocol):
+    """What the DataModule needs of the model it feeds (``trainer.lightning_module``; URPOModule is one)."""
+
+    tokenizer: Any
+    """The model's tokenizer: prompts are measured (and truncated) in its tokens."""
+
+    def prompt_text(self, row: Row) -> str:
+        """The text ``row`` is rendered to for training (the player's or the referee's chat prompt, templated)."""
+        ...
 
 
 class RowBatch(list):
@@ -53,7 +68,7 @@ class _BatchStream(IterableDataset):
         while limit is None or mixer.batches - start < limit:
             rows = mixer.next_batch()
             if self.datamodule.skips.total:  # streamed sources skip bad records as they are read: log the count
-                self.datamodule.counters["data/skipped_records"] = float(self.datamodule.skips.total)
+                self.datamodule.counters[keys.SKIPPED_RECORDS] = float(self.datamodule.skips.total)
             yield RowBatch(rows, mixer.state_dict(), keep)
 
 
@@ -120,8 +135,20 @@ class URPODataModule(L.LightningDataModule):
         self.mixer: Mixer | None = None
         self.skips = SkipReport()
         self.counters: dict[str, float] = {}
+        """Data counts (rows dropped or truncated by ``max_prompt_tokens``, skipped records); the model logs them
+        with every training step."""
         self._pending_state: Mapping[str, Any] | None = None
         self._eval_rows: dict[str, list[Row]] = {}
+
+    def row_kinds(self, stage: str | None) -> set[str]:
+        """The row kinds ``stage`` will train or evaluate on: the mixture's kinds for fit, the rows' kinds otherwise
+        (the held-out rows must have been read: call after :meth:`setup`)."""
+        kinds: set[str] = set(self.quotas) if stage in (None, "fit") else set()
+        split = {"validate": "val", "test": "test"}.get(stage or "")
+        for name, rows in self._eval_rows.items():
+            if split is None or name == split:
+                kinds |= {row.kind for row in rows}
+        return kinds
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
@@ -204,13 +231,13 @@ class URPODataModule(L.LightningDataModule):
         if self.prompt_overflow == "truncate":
             truncated = self._truncate(row, overflow)
             if truncated is not None:
-                self._count(f"data/truncated_{row.kind}")
+                self._count(keys.truncated_prompts(row.kind))
                 return truncated
-        self._count(f"data/dropped_{row.kind}")
+        self._count(keys.dropped_prompts(row.kind))
         return None
 
     def _truncate(self, row: Row, overflow: int) -> Row | None:
-        tokenizer = self.trainer.lightning_module.tokenizer
+        tokenizer = self._model().tokenizer
         ids = tokenizer(row.prompt, add_special_tokens=False)["input_ids"]
         if overflow >= len(ids):
             return None
@@ -218,11 +245,11 @@ class URPODataModule(L.LightningDataModule):
         return shorter if self._prompt_tokens(shorter) <= self.max_prompt_tokens else None
 
     def _prompt_tokens(self, row: Row) -> int:
-        from urpo.prompts import render_chat
+        model = self._model()
+        return len(model.tokenizer(model.prompt_text(row), add_special_tokens=False)["input_ids"])
 
-        module = self.trainer.lightning_module
-        messages = module.render(row, random.Random(0)).messages
-        return len(module.tokenizer(render_chat(module.tokenizer, messages), add_special_tokens=False)["input_ids"])
+    def _model(self) -> PromptModel:
+        return self.trainer.lightning_module
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0.0) + 1.0

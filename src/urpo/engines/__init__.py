@@ -1,9 +1,8 @@
-"""Rollout engines beyond the default HF-generate one (:mod:`urpo.rollout`), and the train/inference mismatch.
+"""Rollout engines beyond the default HF-generate one (:mod:`urpo.rollout`).
 
 * :mod:`urpo.engines.vllm_engine`: :class:`~urpo.engines.vllm_engine.VLLMEngine`, vLLM in the trainer's process
-  (``engine: vllm``; needs the ``vllm`` extra, imported only when the engine starts).
-* :mod:`urpo.engines.correction`: measuring and correcting the gap between the engine's sampling probabilities and
-  the trainer's (truncated importance sampling).
+  (``engine: vllm``; needs the ``vllm`` extra, imported only when the engine starts). The gap between its sampling
+  probabilities and the trainer's is measured and corrected with the objective, in :mod:`urpo.correction`.
 
 Importing this package never imports vLLM.
 """

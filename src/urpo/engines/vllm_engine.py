@@ -24,24 +24,23 @@ import random
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from urpo.errors import ConfigError
+from urpo.models import DType
 from urpo.rollout import FinishReason, RolloutBatch, SamplingArgs, _eos_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-EngineDType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
 class VLLMArgs:
     """Options of the vLLM rollout engine (used when ``engine: vllm``)."""
 
-    dtype: EngineDType = "auto"
+    dtype: DType = "auto"
     """Engine compute dtype. 'auto' follows the trainer: bfloat16 under bf16 precision, float16 under 16-bit
     precision, else the policy's parameter dtype. A dtype other than the trainer's widens the train/inference gap."""
     kv_cache_memory_bytes: int | None = 1 << 30
@@ -371,4 +370,4 @@ def _no_autocast() -> Iterator[None]:
         yield
 
 
-__all__ = ["EngineDType", "VLLMArgs", "VLLMEngine", "full_weights"]
+__all__ = ["VLLMArgs", "VLLMEngine", "full_weights"]

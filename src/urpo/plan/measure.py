@@ -23,6 +23,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from urpo import metric_keys as keys
+
 
 def _status_kib(field: str) -> int | None:
     try:
@@ -99,8 +101,8 @@ class PeakMemory(L.Callback):
             torch.cuda.synchronize()
         self._step_seconds.append(time.perf_counter() - self._step_start)
         metrics = trainer.callback_metrics
-        if "completion/tokens" in metrics:
-            self._tokens.append(float(metrics["completion/tokens"]))
+        if keys.COMPLETION_TOKENS in metrics:
+            self._tokens.append(float(metrics[keys.COMPLETION_TOKENS]))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.figures.get("device") == "cuda":

@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from urpo.rewards.base import Episode, RewardCallback, RewardResult
+from urpo.episode import Episode
+from urpo.rewards.base import RewardCallback, RewardContext, RewardResult
 
 _LAZY = {
     "MathVerifier": "urpo.rewards.verifier",
@@ -14,7 +15,7 @@ _LAZY = {
     "SelfJudge": "urpo.rewards.self_judge",
 }
 
-__all__ = ["Episode", "RewardCallback", "RewardResult", *_LAZY]
+__all__ = ["Episode", "RewardCallback", "RewardContext", "RewardResult", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

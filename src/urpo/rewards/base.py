@@ -12,8 +12,10 @@ A reward callback scores groups of completions for the row kinds it serves. It i
             return RewardResult(-lengths / 1000)
 
 They are not ``lightning.Callback`` objects on purpose: their output feeds the loss, while Lightning callbacks are
-for optional side logic. A callback may generate with the module's rollout engine (``self.module.engine``), which
-is how the self-judging referee produces its judgments with the current weights.
+for optional side logic. Before the first step the module hands every callback a :class:`RewardContext`: what a
+callback may use of the run (the rollout engine, the tokenizer, the referee template, the sampling settings and the
+other callbacks). A callback may generate with that engine (``self.context.engine``), which is how the self-judging
+referee produces its judgments with the current weights.
 """
 
 from __future__ import annotations
@@ -26,12 +28,33 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from urpo import metric_keys as keys
 from urpo.data.schema import ROW_KINDS, RowKind
 from urpo.episode import Episode
 from urpo.errors import ConfigError, RewardError
+from urpo.timing import PhaseTimer
 
 if TYPE_CHECKING:
-    from urpo.module import URPOModule
+    from transformers import PreTrainedTokenizerBase
+
+    from urpo.referee import RefereeTemplate
+    from urpo.rollout import RolloutEngine, SamplingArgs
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward callback may use of the run it serves; given to :meth:`RewardCallback.setup`."""
+
+    engine: RolloutEngine
+    """The rollout engine, sampling with the policy's current weights (the self-judge's judgments come from it)."""
+    tokenizer: PreTrainedTokenizerBase
+    """The policy's tokenizer (chat template, prompt lengths)."""
+    referee: RefereeTemplate
+    """The referee's judging template, shared by preference rows and self-judging."""
+    sampling: SamplingArgs
+    """How the run samples completions; judgments start from these settings."""
+    rewards: Sequence[RewardCallback] = ()
+    """Every reward callback of the run, this one included (e.g. the self-judge's cross-check asks the verifiers)."""
 
 
 @dataclass
@@ -62,11 +85,11 @@ class RewardCallback(ABC):
         if unknown or not self.kinds:
             raise ConfigError(f"{type(self).__name__}: kinds must be a non-empty subset of {ROW_KINDS}, got {self.kinds}")
         self.name = name or _snake_case(type(self).__name__)
-        self.module: URPOModule | None = None
+        self.context: RewardContext | None = None
 
-    def setup(self, module: URPOModule) -> None:
-        """Called once the module's model, tokenizer and rollout engine exist (before the first step)."""
-        self.module = module
+    def setup(self, context: RewardContext) -> None:
+        """Called once the run's model, tokenizer and rollout engine exist (before the first step)."""
+        self.context = context
 
     @abstractmethod
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
@@ -107,6 +130,33 @@ def checked_result(reward: RewardCallback, result: Any, episodes: Sequence[Episo
             "rewards must be finite (NaN means 'no reward')"
         )
     return result
+
+
+def score_episodes(
+    rewards: Sequence[RewardCallback], episodes: Sequence[Episode], g: int, timer: PhaseTimer | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rewards ``[N, G]`` (NaN: no reward) from every callback serving each episode's kind, summed with their
+    weights, and the callbacks' metrics (under ``reward/<callback name>/``); each callback is timed in ``timer``.
+
+    Raises :class:`ConfigError` when no callback serves the kind of some episode.
+    """
+    timer = timer or PhaseTimer()
+    parts: dict[int, list[tuple[float, torch.Tensor]]] = {i: [] for i in range(len(episodes))}
+    metrics: dict[str, float] = {}
+    for reward in rewards:
+        chosen = [i for i, e in enumerate(episodes) if e.row.kind in reward.kinds]
+        if not chosen:
+            continue
+        served = [episodes[i] for i in chosen]
+        with timer(f"reward_{reward.name}"):
+            result = checked_result(reward, reward.score(served), served, g)
+        for row_pos, i in enumerate(chosen):
+            parts[i].append((reward.weight, result.rewards[row_pos : row_pos + 1].float()))
+        metrics.update({keys.callback_metric(reward.name, k): v for k, v in result.metrics.items()})
+    missing = sorted({episodes[i].row.kind for i, p in parts.items() if not p})
+    if missing:
+        raise ConfigError(f"no reward callback serves row kind(s) {missing}; add one to model.rewards")
+    return torch.cat([combine_rewards(parts[i]) for i in range(len(episodes))], dim=0), metrics  # [N, G]
 
 
 def combine_rewards(parts: Sequence[tuple[float, torch.Tensor]]) -> torch.Tensor:

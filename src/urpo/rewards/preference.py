@@ -1,8 +1,8 @@
 """``PreferenceReward``: the referee trained against gold preferences (``preference`` rows).
 
 A preference row is rendered by the module as a judging task (its N responses in a shuffled presentation order,
-stored per completion in ``Episode.orders``); each of the G completions is a judgment. This callback parses each judgment
-with the module's :class:`~urpo.referee.RefereeTemplate`, maps it back through the shuffle and rewards its
+stored per completion in ``Episode.orders``); each of the G completions is a judgment. This callback parses each
+judgment with the module's :class:`~urpo.referee.RefereeTemplate`, maps it back through the shuffle and rewards its
 agreement with the gold order. See ``docs/referee.md`` for the formulas.
 """
 
@@ -13,7 +13,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -21,20 +21,18 @@ from urpo.data.schema import RowKind
 from urpo.errors import ConfigError
 from urpo.referee import (
     PARSE_FAILURE_REASONS,
-    ParseFailure,
     RefereeTemplate,
     Tiers,
+    Verdict,
     exact_match,
+    generate_judgments,
     kendall_tau,
     pairwise_accuracy,
-    to_original,
+    prompt_text,
+    read_verdict,
     top1_correct,
 )
 from urpo.rewards.base import Episode, RewardCallback, RewardResult
-
-if TYPE_CHECKING:
-    from urpo.module import URPOModule
-    from urpo.rollout import SamplingArgs
 
 AgreementMetric = Literal["top1", "pairwise", "exact", "kendall"]
 SecondOrder = Literal["reversed", "shuffled"]
@@ -64,55 +62,9 @@ class SecondJudgments:
         return self.orders[0]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One judgment read back: a ranking over original response indices, or why there is none."""
-
-    tiers: Tiers | None
-    """The ranking over original indices, best tier first; None when the completion failed to parse."""
-    failure: str | None = None
-    """The :data:`~urpo.referee.ParseFailureReason` when ``tiers`` is None."""
-
-    @property
-    def parsed(self) -> bool:
-        return self.tiers is not None
-
-
-def read_verdict(template: RefereeTemplate, text: str, order: Sequence[int], prompt: str | None = None) -> Verdict:
-    """Parses ``text`` as a ranking of ``len(order)`` shown responses and maps it to original indices.
-
-    ``prompt`` is the judging prompt's text: ranking blocks the completion copies from it are not verdicts.
-    """
-    parsed = template.parse(text, len(order), prompt)
-    if isinstance(parsed, ParseFailure):
-        return Verdict(None, parsed.reason)
-    return Verdict(to_original(parsed, order))
-
-
-def prompt_text(messages: Sequence[dict[str, str]]) -> str:
-    """All text of a chat prompt, for telling an echo of the prompt from a verdict (:func:`read_verdict`)."""
-    return "\n".join(m["content"] for m in messages)
-
-
 def same_preferred(a: Tiers, b: Tiers) -> bool:
     """Whether two rankings put the same response(s) in their top tier: 'both orders preferred the same one'."""
     return set(a[0]) == set(b[0])
-
-
-def generate_judgments(
-    module: URPOModule, messages: Sequence[list[dict[str, str]]], n: int, sampling: SamplingArgs
-) -> list[str]:
-    """Renders judging tasks and samples ``n`` judgments of each with the module's engine, in ONE batched call.
-
-    Returns the texts prompt-major: prompt i's judgments are ``[i * n, (i + 1) * n)``. No call is made for no prompts.
-    """
-    if not messages:
-        return []
-    from urpo.prompts import render_chat
-
-    prompts = [render_chat(module.tokenizer, m) for m in messages]
-    with torch.no_grad():  # judgments are never trained on; also covers engines that do not disable gradients
-        return list(module.engine.generate(prompts, n, sampling).texts)
 
 
 def failure_metrics(verdicts: Sequence[Verdict], prefix: str = "") -> dict[str, float]:
@@ -204,9 +156,9 @@ class PreferenceReward(RewardCallback):
         return value if second is None else min(value, self.agreement(second, episode))
 
     def _template(self) -> RefereeTemplate:
-        if self.module is None:
-            raise ConfigError(f"{self.name}: setup(module) was not called; the referee template comes from the module")
-        return self.module.referee
+        if self.context is None:
+            raise ConfigError(f"{self.name}: setup(context) was not called; the referee template comes from the run")
+        return self.context.referee
 
     def _prompt(self, episode: Episode, order: list[int]) -> str | None:
         """The text of the judging prompt shown in ``order`` (for the echo check); None for unrendered episodes."""
@@ -227,11 +179,11 @@ class PreferenceReward(RewardCallback):
         template, g = self._template(), len(episodes[0].completions) if episodes else 0
         if shared:
             messages = [template.messages(e.row.prompt, e.row.responses, row[0]) for e, row in zip(episodes, orders)]
-            texts = generate_judgments(self.module, messages, g, self.module.sampling)
+            texts = generate_judgments(self.context.engine, self.context.tokenizer, messages, g, self.context.sampling)
             prompts = [[prompt_text(m)] * g for m in messages]
         else:
             messages = [template.messages(e.row.prompt, e.row.responses, o) for e, row in zip(episodes, orders) for o in row]
-            texts = generate_judgments(self.module, messages, 1, self.module.sampling)
+            texts = generate_judgments(self.context.engine, self.context.tokenizer, messages, 1, self.context.sampling)
             prompts = [[prompt_text(m) for m in messages[i * g : (i + 1) * g]] for i in range(len(episodes))]
         out = []
         for i, episode in enumerate(episodes):
@@ -299,6 +251,6 @@ def as_rng_state(state: Any) -> tuple:
 
 
 __all__ = [
-    "AgreementMetric", "METRICS", "PreferenceReward", "SecondJudgments", "SecondOrder", "Verdict", "as_rng_state", "failure_metrics",
-    "generate_judgments", "prompt_text", "read_verdict", "same_preferred",
+    "AgreementMetric", "METRICS", "PreferenceReward", "SecondJudgments", "SecondOrder", "as_rng_state",
+    "failure_metrics", "same_preferred",
 ]  # fmt: skip

@@ -21,12 +21,12 @@ import torch
 
 from urpo.data.schema import RowKind
 from urpo.errors import ConfigError
-from urpo.referee import borda_scores, pairwise_accuracy, shuffled_order
+from urpo.referee import Verdict, borda_scores, pairwise_accuracy, read_verdict, shuffled_order
 from urpo.rewards.base import Episode, RewardCallback, RewardResult, combine_rewards
-from urpo.rewards.preference import Verdict, as_rng_state, failure_metrics, read_verdict
+from urpo.rewards.preference import as_rng_state, failure_metrics
 
 if TYPE_CHECKING:
-    from urpo.module import URPOModule
+    from urpo.rewards.base import RewardContext
     from urpo.rollout import SamplingArgs
 
 ShuffleMode = Literal["mirrored", "independent"]
@@ -186,8 +186,8 @@ class SelfJudge(RewardCallback):
         self.length_tiebreak, self.cross_check_verifiable = float(length_tiebreak), cross_check_verifiable
         self.rng = random.Random(seed)
 
-    def setup(self, module: URPOModule) -> None:
-        super().setup(module)
+    def setup(self, context: RewardContext) -> None:
+        super().setup(context)
         if self.cross_check_verifiable and not self._verifiers():
             # Alone, this callback's 0.0 would silently become the whole reward of verifiable rows.
             raise ConfigError(f"{self.name}: cross_check_verifiable needs another reward callback serving 'verifiable'")
@@ -196,11 +196,11 @@ class SelfJudge(RewardCallback):
     def sampling(self) -> SamplingArgs:
         """The module's sampling settings with this callback's judgment overrides."""
         overrides = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
-        return dataclasses.replace(self.module.sampling, **{k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(self.context.sampling, **{k: v for k, v in overrides.items() if v is not None})
 
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
-        if self.module is None:
-            raise ConfigError(f"{self.name}: setup(module) was not called; judging needs the module's engine")
+        if self.context is None:
+            raise ConfigError(f"{self.name}: setup(context) was not called; judging needs the run's engine")
         tasks = [task for i, episode in enumerate(episodes) for task in self.plan(episode, i)]
         self._judge(tasks)
         g = len(episodes[0].completions) if episodes else 0
@@ -238,11 +238,11 @@ class SelfJudge(RewardCallback):
         # Verifiable rows are judged without their gold answer: the cross-check measures the referee unaided.
         reference = getattr(episode.row, "reference", None)
         responses = [episode.completions[i] for i in members]
-        messages = self.module.referee.messages(episode.row.prompt, responses, list(range(len(members))), reference)
-        prompt = render_chat(self.module.tokenizer, messages)
+        messages = self.context.referee.messages(episode.row.prompt, responses, list(range(len(members))), reference)
+        prompt = render_chat(self.context.tokenizer, messages)
         num_tokens = None
         if self.max_prompt_tokens is not None:
-            num_tokens = len(self.module.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            num_tokens = len(self.context.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         return JudgeTask(index, members, prompt, num_tokens)
 
     def _judge(self, tasks: list[JudgeTask]) -> None:
@@ -250,9 +250,9 @@ class SelfJudge(RewardCallback):
         if not tasks:
             return
         with torch.no_grad():  # the engine already avoids gradients; this also covers custom engines
-            texts = self.module.engine.generate([t.prompt for t in tasks], 1, self.sampling).texts
+            texts = self.context.engine.generate([t.prompt for t in tasks], 1, self.sampling).texts
         for task, text in zip(tasks, texts, strict=True):
-            local = read_verdict(self.module.referee, text, list(range(len(task.members))), task.prompt)
+            local = read_verdict(self.context.referee, text, list(range(len(task.members))), task.prompt)
             if local.parsed:  # positions in the chunk -> answer indices in the group
                 local = Verdict(tuple(tuple(sorted(task.members[p] for p in tier)) for tier in local.tiers))
             task.verdict = local
@@ -288,7 +288,7 @@ class SelfJudge(RewardCallback):
         return out
 
     def _verifiers(self) -> list[RewardCallback]:
-        return [r for r in self.module.rewards if r is not self and "verifiable" in r.kinds]
+        return [r for r in self.context.rewards if r is not self and "verifiable" in r.kinds]
 
     def _cross_check(
         self, episodes: Sequence[Episode], tasks: list[JudgeTask], scores: list[list[float]]

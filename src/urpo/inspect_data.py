@@ -7,7 +7,6 @@ exactly as the model will see them. Only the tokenizer is loaded, never the mode
 
 from __future__ import annotations
 
-import random
 import sys
 from collections import Counter
 
@@ -42,8 +41,6 @@ def _pop_int(argv: list[str], flag: str, default: int) -> int:
 
 def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> str:
     """The inspection text for a DataModule wired to its module (tokenizer and templates) and trainer."""
-    from urpo.prompts import render_chat
-
     trainer.strategy.connect(module)
     datamodule.trainer = trainer
     datamodule.setup("fit")
@@ -72,7 +69,7 @@ def report(datamodule, module, trainer, batches: int = 4, examples: int = 1) -> 
         if seen[row.kind] >= examples:
             continue
         seen[row.kind] += 1
-        text = render_chat(module.tokenizer, module.render(row, random.Random(0)).messages)
+        text = module.prompt_text(row)
         tokens = len(module.tokenizer(text, add_special_tokens=False)["input_ids"])
         lines += [f"--- {row.kind} prompt ({row.source}, row {row.index}, {tokens} tokens) ---", text]
     return "\n".join(lines)

@@ -6,23 +6,23 @@ against the trainer's ``pi_old``, which makes the samples slightly off-policy; t
 Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training", as in verl and TRL)
 reweights each token's policy-gradient term by ``w = min(exp(logp_old - logp_engine), C)``.
 
+Like :mod:`urpo.objective`, every function takes tensors and plain numbers (never a config object).
 Shapes: ``B`` sequences of ``T`` completion tokens; ``mask`` is 1 on completion tokens.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from urpo import metric_keys as keys
 from urpo.objective import masked_mean
-
-if TYPE_CHECKING:
-    from urpo.config import RolloutCorrectionArgs
 
 CorrectionLevel = Literal["none", "token", "sequence"]
 CorrectionMode = Literal["truncate", "mask"]
+OldLogprobs = Literal["trainer", "engine"]
 
 
 def importance_weights(
@@ -103,16 +103,18 @@ def mismatch_metrics(
     d = torch.where(keep, old_logp.float() - engine_logp.float(), torch.zeros_like(old_logp, dtype=torch.float32))
     raw = d.clamp(max=20.0).exp()  # [B, T]
     return {
-        "mismatch/logp_abs_diff": masked_mean(d.abs(), keep).item(),
-        "mismatch/logp_abs_diff_max": d.abs().max().item() if keep.any() else 0.0,
-        "mismatch/kl": masked_mean(raw - d - 1.0, keep).item(),
-        "mismatch/is_weight_mean": masked_mean(weight.float(), keep).item(),
-        "mismatch/is_corrected_frac": masked_mean(corrected.float(), keep).item(),
+        keys.MISMATCH_LOGP_ABS_DIFF: masked_mean(d.abs(), keep).item(),
+        keys.MISMATCH_LOGP_ABS_DIFF_MAX: d.abs().max().item() if keep.any() else 0.0,
+        keys.MISMATCH_KL: masked_mean(raw - d - 1.0, keep).item(),
+        keys.MISMATCH_IS_WEIGHT_MEAN: masked_mean(weight.float(), keep).item(),
+        keys.MISMATCH_IS_CORRECTED_FRAC: masked_mean(corrected.float(), keep).item(),
     }
 
 
 def correct(
-    logp: Tensor, old_logp: Tensor, engine_logp: Tensor | None, mask: Tensor, args: RolloutCorrectionArgs
+    logp: Tensor, old_logp: Tensor, engine_logp: Tensor | None, mask: Tensor, *, level: CorrectionLevel = "token",
+    mode: CorrectionMode = "truncate", cap_max: float | None = 2.0, cap_min: float | None = None,
+    old_logprobs: OldLogprobs = "trainer",
 ) -> tuple[Tensor, dict[str, float]]:
     """The log-probs to put in the loss, with gradients importance-weighted for the engine's sampling, and the
     mismatch metrics; ``(logp, {})`` unchanged when the engine reported no log-probs (the HF engine).
@@ -125,13 +127,14 @@ def correct(
         old_logp: pi_old of GRPO's ratio, shape [B, T] (the trainer's, or the engine's in bypass mode).
         engine_logp: The engine's log-probs, shape [B, T], or None.
         mask: Completion-token mask, shape [B, T].
-        args: The correction settings.
+        level, mode, cap_max, cap_min: The weights, as in :func:`importance_weights`.
+        old_logprobs: Where ``old_logp`` came from: 'trainer', or 'engine' (then nothing is corrected, only measured).
     """
     if engine_logp is None:
         return logp, {}
     # With the engine's log-probs as pi_old there is nothing left to correct; compare the trainer's to them instead.
-    trainer = old_logp if args.old_logprobs == "trainer" else logp.detach()  # [B, T]
-    level = args.level if args.old_logprobs == "trainer" else "none"
-    weight, corrected = importance_weights(trainer, engine_logp, mask, level, args.mode, args.cap_max, args.cap_min)
+    trainer = old_logp if old_logprobs == "trainer" else logp.detach()  # [B, T]
+    level = level if old_logprobs == "trainer" else "none"
+    weight, corrected = importance_weights(trainer, engine_logp, mask, level, mode, cap_max, cap_min)
     stats = mismatch_metrics(trainer, engine_logp, mask, weight, corrected)
     return (scale_gradient(logp, weight) if level != "none" else logp), stats

@@ -1,0 +1,54 @@
+"""The update loop (urpo.update): the engine's log-probs travel with their sequences into every micro-batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from tests.test_module import _attached_module, _sequences
+from urpo.episode import TrainSequence
+from urpo.sequences import collate, completion_logits, token_logprobs
+
+SHIFT = 0.3
+"""The engine's log-probs are the trainer's minus this, on every token."""
+
+
+def _with_engine_logprobs(module, sequences: list[TrainSequence]) -> list[TrainSequence]:
+    """Each sequence with the trainer's own log-probs of its tokens, lowered by SHIFT, as the engine's."""
+    out = []
+    with torch.no_grad():
+        for seq in sequences:
+            batch = collate([seq], module.tokenizer.pad_token_id, module.device)
+            logp = token_logprobs(completion_logits(module.policy, batch, module.sampling.temperature), batch.completion_ids)
+            out.append(dataclasses.replace(seq, engine_logprobs=[v - SHIFT for v in logp[0].tolist()]))
+    return out
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.5)
+
+
+@pytest.mark.parametrize("budget", [10_000, 20, 1])
+def test_engine_logprobs_stay_aligned_in_every_micro_batch_split(tiny_model_dir, budget):
+    """Whatever the micro-batch split, every token is compared with the engine's log-prob of that very token: the
+    measured mismatch is SHIFT everywhere, and truncated importance sampling scales the whole SGD step by
+    exp(SHIFT) (the weight pi_old / pi_engine of every token, under the cap of 2)."""
+    sequences = _sequences([(-1) ** i * 0.5 for i in range(8)])
+    deltas, stats = [], None
+    for engine in (False, True):
+        module = _attached_module(tiny_model_dir, _sgd, max_tokens_per_micro_batch=budget)
+        before = [p.detach().clone() for p in module.policy.parameters()]
+        batch = _with_engine_logprobs(module, sequences) if engine else sequences
+        result = module.update(batch)
+        stats = result if engine else stats
+        deltas.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(module.policy.parameters(), before)]))
+    assert stats["mismatch/logp_abs_diff"] == pytest.approx(SHIFT, abs=1e-4)
+    assert stats["mismatch/logp_abs_diff_max"] == pytest.approx(SHIFT, abs=1e-4)
+    assert stats["mismatch/is_weight_mean"] == pytest.approx(math.exp(SHIFT), rel=1e-4)
+    plain, weighted = deltas
+    assert plain.abs().max() > 0
+    scale = plain.abs().max().item()  # float noise is relative to the step, not to each tiny element
+    torch.testing.assert_close(weighted, plain * math.exp(SHIFT), rtol=1e-3, atol=1e-4 * scale)
