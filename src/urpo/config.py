@@ -8,7 +8,6 @@ from typing import Literal
 from urpo.errors import ConfigError
 from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
 
-
 PreferenceOrders = Literal["mirrored", "shared"]
 
 

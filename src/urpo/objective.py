@@ -139,10 +139,7 @@ def group_advantages(
     count = valid.sum(dim=1, keepdim=True).to(rewards.dtype)  # [N, 1]
     total = values.sum(dim=1, keepdim=True)  # [N, 1]
     mean = total / count.clamp(min=1)  # [N, 1]
-    if leave_one_out:
-        baseline = (total - values) / (count - 1).clamp(min=1)  # [N, G]
-    else:
-        baseline = mean.expand_as(values)  # [N, G]
+    baseline = (total - values) / (count - 1).clamp(min=1) if leave_one_out else mean.expand_as(values)  # [N, G]
     centred = values - baseline  # [N, G]
     if scale != "none":
         if scale == "group":

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from tests.learning.worlds import JudgeRoutingEngine, NoisyTruthJudge, digit_share, open_quality, open_rows, split_pairs
 from urpo.config import GRPOArgs, LoggingArgs
 from urpo.models import ModelArgs
-from urpo.referee import RefereeTemplate
 from urpo.module import URPOModule
+from urpo.referee import RefereeTemplate
 from urpo.rewards import SelfJudge
 from urpo.rollout import SamplingArgs
 

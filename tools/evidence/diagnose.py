@@ -135,19 +135,40 @@ def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) 
     return out
 
 
+TABLE_HEAD = (
+    "variant",
+    "settings",
+    "seed",
+    "zero-variance groups",
+    "reward spread",
+    "sampled acc. (first → last third)",
+    "held-out judging (start → end)",
+    "gain (points)",
+)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _table_row(row: dict[str, Any]) -> list[str]:
+    every, first, last, curve = row["all_steps"], row["first_third"], row["last_third"], row["judging_curve"]
+    spread = "n/a" if every["group_spread"] is None else f"{every['group_spread']:.3f}"
+    return [
+        row["variant"],
+        json.dumps(row["settings"]) or "{}",
+        str(row["seed"]),
+        _percent(every["zero_variance_frac"]),
+        spread,
+        f"{_percent(first['sampled_accuracy'])} → {_percent(last['sampled_accuracy'])}",
+        f"{_percent(curve[0][1])} → {_percent(curve[-1][1])}",
+        f"{100 * row['judging_gain']:+.1f}",
+    ]
+
+
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
-    head = ["variant", "settings", "seed", "zero-variance groups", "reward spread", "sampled acc. (first → last third)",
-            "held-out judging (start → end)", "gain (points)"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in rows.items():
-        every, f, last = row["all_steps"], row["first_third"], row["last_third"]
-        curve = row["judging_curve"]
-        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
-        lines.append("| " + " | ".join([
-            row["variant"], json.dumps(row["settings"]) or "{}", str(row["seed"]), pct(every["zero_variance_frac"]),
-            "n/a" if every["group_spread"] is None else f"{every['group_spread']:.3f}", f"{pct(f['sampled_accuracy'])} → {pct(last['sampled_accuracy'])}",
-            f"{pct(curve[0][1])} → {pct(curve[-1][1])}", f"{100 * row['judging_gain']:+.1f}",
-        ]) + " |")  # fmt: skip
+    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
+    lines += ["| " + " | ".join(_table_row(row)) + " |" for row in rows.values()]
     return "\n".join(lines) + "\n"
 
 

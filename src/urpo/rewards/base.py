@@ -92,7 +92,7 @@ class RewardCallback(ABC):
         """State to save in checkpoints (running statistics, RNG); empty for stateless rewards."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - an optional hook, not abstract
         """Restore what :meth:`state_dict` returned."""
 
     def __repr__(self) -> str:
