@@ -122,7 +122,7 @@ def test_learning_raises_a_toy_reward(tiny_model_dir):
 def _sequences(advantages: list[float]) -> list[TrainSequence]:
     """Training sequences of different prompt and completion lengths, one per advantage, 4 to a group."""
     return [TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=a,
-                          episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]  # fmt: skip
+                          episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]
 
 
 def _attached_module(model_dir: str, optimizer, **grpo) -> URPOModule:
@@ -145,7 +145,7 @@ def test_micro_batch_split_does_not_change_the_update(tiny_model_dir):
     results = []
     for budget in (10_000, 1):
         module = _attached_module(tiny_model_dir, lambda params: torch.optim.SGD(params, lr=1.0),
-                                  max_tokens_per_micro_batch=budget)  # fmt: skip
+                                  max_tokens_per_micro_batch=budget)
         stats = module.update(sequences)
         results.append((stats["train/loss"] * (1 if budget > 1 else 8), [p.detach().clone() for p in module.policy.parameters()]))
     (loss_a, params_a), (loss_b, params_b) = results

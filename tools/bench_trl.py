@@ -8,7 +8,8 @@ Every configuration runs in its own process, so its peak RSS (``ru_maxrss``) is 
 paired with a TRL process of the same precision, and the two take turns, one step each, while the other waits: both
 see the same machine load, and neither competes with the other for the cores. The first step of each is a warm-up
 and is not timed; step times are medians. Both sample exactly ``--length`` tokens per completion
-(``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work. A benchmark, not a test: it prints figures and asserts nothing.
+(``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work. A benchmark, not a
+test: it prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def build_model(folder: Path, size: str) -> int:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
-    )  # fmt: skip
+    )
     tok.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
@@ -72,7 +73,7 @@ def build_model(folder: Path, size: str) -> int:
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -168,7 +169,7 @@ def run_urpo(spec: dict) -> None:
         vllm=VLLMArgs(kv_cache_memory_bytes=256 << 20, max_model_len=1024,
                       sampling_kwargs={"min_tokens": spec["length"]}),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-    )  # fmt: skip
+    )
     rows = bench_rows(spec["prompts"] * spec["steps"], spec["three_kinds"])
     batches = [rows[i : i + spec["prompts"]] for i in range(0, len(rows), spec["prompts"])]
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
@@ -176,7 +177,7 @@ def run_urpo(spec: dict) -> None:
         accelerator="cpu", devices=1, max_steps=spec["steps"], precision=spec["precision"], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[Stepper()],
         default_root_dir=spec["workdir"],
-    )  # fmt: skip
+    )
     trainer.fit(module, train_dataloaders=loader)
     _report("done", max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -221,7 +222,7 @@ def run_trl(spec: dict) -> None:
         bf16=spec["precision"].startswith("bf16"), use_vllm=False, gradient_checkpointing=False,
         logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, seed=0,
         disable_tqdm=True,
-    )  # fmt: skip
+    )
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=reward, args=config, train_dataset=data,
                           callbacks=[Stepper()])
     trainer.train()

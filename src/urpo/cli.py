@@ -55,7 +55,7 @@ class URPOCLI(LightningCLI):
         # default_env: PL_FIT__TRAINER__NUM_NODES and the like (urpo.launch_env), on every subcommand's parser.
         env = {name: {"default_env": True} for name in self.subcommands()}
         kwargs.setdefault("parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog,
-                                            "default_env": True, **env})  # fmt: skip
+                                            "default_env": True, **env})
         super().__init__(*args, **kwargs)
 
     @staticmethod

@@ -166,7 +166,7 @@ class URPOModule(L.LightningModule):
                 lambda: self.policy, self.tokenizer, self.vllm_args,
                 precision=lambda: self.trainer.precision if self._trainer is not None else None,
                 rank=lambda: self.global_rank,
-            )  # fmt: skip
+            )
         raise ConfigError(f"engine {self.engine_name!r} is not available in this build (install the extra)")
 
     def _max_over_ranks(self, value: int) -> int:
@@ -402,7 +402,7 @@ class URPOModule(L.LightningModule):
     def _micro_step(
         self, plan: UpdatePlan, index: int, old_logps: list[torch.Tensor] | None, ref_logps: list[torch.Tensor] | None,
         engine_logps: list[torch.Tensor] | None = None,
-    ) -> dict[str, float]:  # fmt: skip
+    ) -> dict[str, float]:
         batch, weight = plan.micro_batch(index)
         logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
         logp = token_logprobs(logits, batch.completion_ids)  # [B, C]

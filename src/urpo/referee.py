@@ -247,7 +247,8 @@ class RefereeTemplate:
         if len(instruction) > width:
             instruction = instruction[: width - 3] + "..."
         return (
-            f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, ties {'allowed' if self.allow_ties else 'not allowed'}, "
+            f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, "
+            f"ties {'allowed' if self.allow_ties else 'not allowed'}, "
             f"reminder {'on' if self.reminder else 'off'}, system prompt {'on' if self.system else 'off'}, "
             f"reply prefix {self.response_prefix!r}, "
             f"instruction {instruction!r})"
@@ -275,7 +276,7 @@ class RefereeTemplate:
         values = {
             "n": str(len(names)), "labels": _spoken(names), "open_tag": self.open_tag, "close_tag": self.close_tag,
             "example": example, "ties_rule": ties_rule, "reference_rule": reference_rule if with_reference else "",
-        }  # fmt: skip
+        }
         return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
 
 
@@ -440,4 +441,4 @@ __all__ = [
     "PARSE_FAILURE_REASONS", "PARSE_TAIL_CHARS", "ParseFailure", "ParseFailureReason", "ParsedRanking",
     "RefereeTemplate", "Tiers", "TRUNCATION_MARKER", "agreement", "borda_scores", "exact_match", "kendall_tau",
     "is_echo", "pairwise_accuracy", "parse_ranking", "sanitize_response", "shuffled_order", "to_original", "top1_correct",
-]  # fmt: skip
+]

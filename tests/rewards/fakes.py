@@ -63,7 +63,7 @@ def fake_module(
     return SimpleNamespace(
         referee=template or RefereeTemplate(), engine=engine, tokenizer=WordTokenizer(),
         sampling=SamplingArgs(max_new_tokens=64), grpo=SimpleNamespace(num_generations=4), rewards=[], **extra,
-    )  # fmt: skip
+    )
 
 
 def shown_responses(prompt: str) -> list[str]:

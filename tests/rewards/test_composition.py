@@ -68,7 +68,7 @@ def make_module(
         grpo=GRPOArgs(num_generations=G, preference_orders=preference_orders),
         sampling=SamplingArgs(max_new_tokens=8), logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
-    )  # fmt: skip
+    )
     module.configure_model()
     return module
 
@@ -77,7 +77,7 @@ def fit_one_step(module: URPOModule, tmp_path) -> dict[str, float]:
     trainer = L.Trainer(
         max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    )
     trainer.fit(module, train_dataloaders=DataLoader([rows()], batch_size=None, collate_fn=lambda batch: batch))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -123,7 +123,7 @@ def test_one_training_step_with_all_kinds_updates_the_model(tiny_model_dir: str,
     assert changed_fraction(before, module.policy) > 0.5
     for key in ("time/generate", "time/reward_self_judge", "time/reward_preference_reward", "time/reward_math_verifier",
                 "reward/self_judge/parse_failure_rate", "reward/preference_reward/parse_failure_rate",
-                "reward/length_penalty/chars_mean", "rows/open", "rows/preference", "rows/verifiable"):  # fmt: skip
+                "reward/length_penalty/chars_mean", "rows/open", "rows/preference", "rows/verifiable"):
         assert key in metrics, key
     print({k: round(v, 4) for k, v in metrics.items() if k.startswith("time/")})
 

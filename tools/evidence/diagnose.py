@@ -64,7 +64,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "judging_curve": [(h["step"], h["referee_accuracy"]) for h in history],
         "judging_gain": history[-1]["referee_accuracy"] - history[0]["referee_accuracy"],
         "seconds": result["seconds"],
-    }  # fmt: skip
+    }
 
 
 def solve_prompt(prompt: str) -> int:
@@ -104,7 +104,7 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     n = len(texts)
     return {"judging_accuracy": right / n, "own_answer_right": own_right / n,
             "accuracy_when_own_right": right_own_right / max(own_right, 1),
-            "names_first_shown_first": first_named_a / n}  # fmt: skip
+            "names_first_shown_first": first_named_a / n}
 
 
 def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) -> Path:
@@ -195,16 +195,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in args.seeds:
             rl = replace(RLConfig(steps=args.steps), **VARIANTS[name])
             tasks[f"{name}/{seed}"] = {"kind": "referee", "seed": seed, "warm_dir": str(args.warm), "files": files,
-                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}")}  # fmt: skip
+                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}")}
     start = time.time()
     results = schedule(tasks, args.workers)
     rows = {key: {"variant": key.split("/")[0], "seed": results[key]["seed"], "settings": VARIANTS[key.split("/")[0]],
-                  **summarize(results[key])} for key in tasks}  # fmt: skip
+                  **summarize(results[key])} for key in tasks}
     for key, task in tasks.items():
         rows[key]["anatomy_after"] = anatomy(task["save_dir"], files)
     warm = anatomy(str(args.warm), files)
     document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows,
-                "warm_anatomy": warm}  # fmt: skip
+                "warm_anatomy": warm}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "diagnosis_position_biased" if args.position_biased else "diagnosis"
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")

@@ -90,7 +90,7 @@ class PreferenceRow(BaseRow):
                 raise self._fail(
                     "responses", f"responses {j} and {i} are identical but scored {self.scores[j]} and {self.scores[i]}: "
                     "no judge can tell them apart"
-                )  # fmt: skip
+                )
 
     def gold_order(self) -> list[int]:
         """Indices of the responses, best first (ties keep their source order)."""

@@ -176,7 +176,7 @@ def shapes(setup: RunSetup) -> Shapes:
     prompts = setup.batch_size * judge.judgments_per_group * chunks  # worst case: every row of the batch is open
     judge_completion = judge.max_new_tokens or completion
     return Shapes(prompt, completion, micro, players, min(players, cap), prompts, judge_prompt, judge_completion,
-                  min(prompts, cap))  # fmt: skip
+                  min(prompts, cap))
 
 
 # ---- the memory plan --------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def _state_terms(setup: RunSetup, facts: ModelFacts, notes: list[str], cuda: boo
             "weights (frozen base)", (quant + rest * 4) / shards,
             f"{_n(facts.layer_linear_params)} linear weights in {bits} bits + {_n(rest)} others in fp32 "
             "(prepare_model_for_kbit_training upcasts them)",
-        ))  # fmt: skip
+        ))
     else:
         terms.append(Term("weights (frozen base)", facts.params * wb / shards, f"{_n(facts.params)} x {wb} B{per}"))
     if setup.lora is not None:
@@ -227,14 +227,14 @@ def _state_terms(setup: RunSetup, facts: ModelFacts, notes: list[str], cuda: boo
         "gradients", grad_copies * train_n * tb / shards,
         f"{_n(train_n)} x {tb} B{per}" + (" x 2 (DDP's bucket copy)" if grad_copies == 2 else ""),
         frozenset({"update", "optimizer step"}),
-    ))  # fmt: skip
+    ))
     state, why = optimizer_state_bytes(setup, tb)
     terms.append(Term("optimizer states", train_n * state / shards, f"{why}: {_n(train_n)} x {state:g} B{per}"))
     step_temp = train_n * tb / shards if cuda and "8bit" not in setup.optimizer.lower() else 0.0
     terms.append(Term(
         "optimizer step temporaries", step_temp, "foreach kernels: one state-sized buffer (CUDA)",
         frozenset({"optimizer step"}),
-    ))  # fmt: skip
+    ))
     terms.append(_reference(setup, facts))
     return terms
 
@@ -270,17 +270,17 @@ def _engine_terms(setup: RunSetup, facts: ModelFacts, notes: list[str]) -> list[
             terms.append(Term("vLLM KV cache", kv, f"vllm.kv_cache_memory_bytes ({kv / kv_token:,.0f} tokens)"))
         else:
             notes.append(f"vLLM takes gpu_memory_utilization = {setup.vllm.gpu_memory_utilization} of the device "
-                         "for its weights and KV cache (shown against the device's memory)")  # fmt: skip
+                         "for its weights and KV cache (shown against the device's memory)")
         return terms
     terms.append(_generation("player", s.player_call, s.prompt, s.completion, kv_token, gen_b, facts, player))
     if s.judge_prompts:
         terms.append(_generation("referee", s.judge_call, s.judge_prompt, s.judge_completion, kv_token, gen_b, facts,
-                                 referee))  # fmt: skip
+                                 referee))
     return terms
 
 
 def _generation(who: str, call: int, prompt: int, new: int, kv_token: int, b: int, facts: ModelFacts,
-                phases: frozenset[str]) -> Term:  # fmt: skip
+                phases: frozenset[str]) -> Term:
     kv = call * (prompt + new) * kv_token
     # Prefill of one layer at a time: q, k, v and attention output (~4 h) and the MLP's gate, up and product (3 i).
     prefill = call * prompt * (4 * facts.hidden + 3 * facts.intermediate) * b
@@ -290,7 +290,7 @@ def _generation(who: str, call: int, prompt: int, new: int, kv_token: int, b: in
         f"KV cache {call} seq x {prompt + new} tok x {kv_token / 1e3:.1f} KB = {kv / GB:.2f} GB "
         f"+ prefill {call} x {prompt} tok = {prefill / GB:.2f} GB",
         phases,
-    )  # fmt: skip
+    )
 
 
 def layer_activation_bytes(facts: ModelFacts, compute_b: int) -> int:
@@ -321,7 +321,7 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
         gathered = facts.root_params * (b + grad_b) + layers * facts.layer_params * b + 2 * facts.layer_params * grad_b
         terms.append(Term("FSDP2 gathered units", gathered,
                           f"root unit + {layers} layers in {b} B" + (f", their gradients in {b}+{rb} B" if grad_b else ""),
-                          update))  # fmt: skip
+                          update))
     elif setup.precision.endswith("-mixed") and setup.lora is None:
         copies = (facts.layer_linear_params + facts.head_params + (facts.embedding_params if facts.head_params == 0 else 0))
         terms.append(Term("autocast weight copies", copies * 2, f"16-bit copies of {_n(copies)} matmul weights", update))
@@ -332,7 +332,7 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
         f"{s.micro_sequences} seq x {s.sequence} tok, {'with' if setup.checkpointing else 'without'} gradient "
         f"checkpointing ({'without' if setup.checkpointing else 'with'}: {other / GB:.2f} GB)",
         update,
-    ))  # fmt: skip
+    ))
     completion = s.micro_sequences * s.completion
     logits = LOGIT_COPIES * completion * facts.vocab * 4
     if b != 4:

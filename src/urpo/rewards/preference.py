@@ -292,4 +292,4 @@ def as_rng_state(state: Any) -> tuple:
 __all__ = [
     "AgreementMetric", "METRICS", "PreferenceReward", "SecondOrder", "Verdict", "as_rng_state", "failure_metrics",
     "generate_judgments", "prompt_text", "read_verdict", "same_preferred",
-]  # fmt: skip
+]
