@@ -29,8 +29,6 @@ from urpo.ranking import (  # re-exported: part of the referee's public API
     top1_correct,
 )
 
-"""A tiered ranking: groups of item indices, best group first; items within a group are tied."""
-
 MAX_LABELS = 26
 """Responses are labelled A..Z, so one judgment shows at most 26."""
 PARSE_TAIL_CHARS = 65_536
@@ -431,9 +429,6 @@ def to_original(parsed: ParsedRanking, order: Sequence[int]) -> Tiers:
     if any(not 0 <= p < len(order) for tier in parsed.tiers for p in tier):
         raise ValueError(f"ranking {parsed.tiers!r} has positions outside an order of {len(order)}")
     return tuple(tuple(sorted(order[p] for p in tier)) for tier in parsed.tiers)
-
-
-# --- Rewards from rankings ---------------------------------------------------------------------------------
 
 
 __all__ = [
