@@ -19,6 +19,7 @@ from torch.testing import assert_close
 from tests.helpers import build_tiny_model
 from urpo.config import RolloutCorrectionArgs
 from urpo.engines.correction import importance_weights, mismatch_metrics, scale_gradient
+from urpo.errors import ConfigError
 from urpo.rollout import SamplingArgs
 
 T = torch.tensor
@@ -94,9 +95,9 @@ def test_mismatch_metrics_by_hand():
 
 
 def test_correction_args_validate():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="cap_max"):
         RolloutCorrectionArgs(cap_max=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="cap_min"):
         RolloutCorrectionArgs(cap_min=3.0, cap_max=2.0)
 
 
