@@ -44,30 +44,17 @@ TAG = "BENCH "
 def build_model(folder: Path, size: str) -> int:
     """A random Qwen2 with a byte-level BPE trained on the fly to the size's vocab; returns its parameter count."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import CHATML, tiny_corpus
+    from tools.tiny_model import chatml_tokenizer, tiny_corpus
 
     hidden, layers, heads, kv_heads, ffn, vocab = SIZES[size]
     rng = random.Random(0)
     # Random words give the BPE trainer enough distinct merges to reach a 32k vocab.
     words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))) for _ in range(vocab * 8)]
     corpus = tiny_corpus() + [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
-    )
-    tokenizer.chat_template = CHATML
+    tokenizer = chatml_tokenizer(corpus, vocab_size=vocab)
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,

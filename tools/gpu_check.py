@@ -54,7 +54,7 @@ SAMPLES = ROOT / "src/urpo/data/samples"
 def build_check_model(folder: Path, on_gpu: bool) -> str:
     """A random model of Qwen2.5-0.5B's architecture (GPU) or the tiny test model (CPU fallback), with a tokenizer."""
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import build_tiny_model
+    from tools.tiny_model import build_tiny_model
 
     if (folder / "config.json").is_file():
         return str(folder)
@@ -79,23 +79,10 @@ def build_check_model(folder: Path, on_gpu: bool) -> str:
 
 def sample_tokenizer(vocab: int = 8192):
     """A byte-level BPE trained on urpo's bundled samples: English at a few characters a token, like a real one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tools.tiny_model import chatml_tokenizer, tiny_corpus
 
-    from tests.helpers import CHATML, tiny_corpus
-
-    texts = tiny_corpus() + [line for path in sorted(SAMPLES.glob("*.jsonl")) for line in path.read_text().splitlines()]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        padding_side="left")
-    tokenizer.chat_template = CHATML
-    return tokenizer
+    samples = [line for path in sorted(SAMPLES.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    return chatml_tokenizer(tiny_corpus() + samples, vocab_size=vocab)
 
 
 def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def build_model(size: str, folder: Path) -> str:
         return str(folder)
     sys.path.insert(0, str(ROOT))
     if size == "tiny":
-        from tests.helpers import build_tiny_model
+        from tools.tiny_model import build_tiny_model
 
         build_tiny_model(folder)
     else:

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tools.evidence.report import COLORS, JUDGE_NAMES, METRICS, RUN_LABELS
+from tools.evidence.names import COLORS, JUDGE_NAMES, METRICS, RUN_LABELS
 
 
 def _pyplot():

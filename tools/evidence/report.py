@@ -9,19 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-RUN_LABELS = {
-    "warm_start": "Warm start, no RL",
-    "urpo": "URPO (self-judge)",
-    "separate_referee": "Separate frozen referee (paper's baseline)",
-    "verifiable_only": "GRPO, verifiable rows only",
-}
-METRICS = {
-    "open_accuracy": "Open-style accuracy",
-    "verifiable_accuracy": "Verifiable accuracy",
-    "referee_accuracy": "Judging accuracy (trained model)",
-}
-JUDGE_NAMES = {"urpo": "probed_self_judge", "separate_referee": "frozen_judge"}
-COLORS = {"warm_start": "#888888", "urpo": "#1f77b4", "separate_referee": "#d62728", "verifiable_only": "#2ca02c", "referee": "#ff7f0e"}
+from tools.evidence.names import JUDGE_NAMES, METRICS, RUN_LABELS
+from tools.evidence.plots import plot_all
 
 
 def stats(values: Sequence[float]) -> dict[str, Any]:
@@ -238,7 +227,5 @@ def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> d
     document = {"meta": meta, "summary": _rounded(summary), "runs": compact(results)}
     (out / "results.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
     (out / "results.md").write_text(markdown_table(summary, meta))
-    from tools.evidence.plots import plot_all
-
     plot_all(document["runs"], summary, meta, out)
     return document

@@ -38,14 +38,11 @@ from tools.evidence.world import (
     candidates,
     split_problems,
 )
+from tools.tiny_model import CHATML
 from urpo.data.schema import OpenRow
 from urpo.prompts import render_chat
 from urpo.referee import shuffled_order
 
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 WORD_TOKENS = [
     "\\boxed{", "<ranking>", "</ranking>", "[User Prompt]", "[End of User Prompt]",
     *(f"[{end}Response {label}]" for label in "ABCD" for end in ("", "End of ")),
