@@ -90,7 +90,7 @@ def test_one_step_changes_every_trainable_parameter_and_not_the_reference(tiny_m
     for name, param in module.reference.named_parameters():
         assert torch.equal(reference_before[name], param), name
     logged = fit.logged_metrics
-    for key in ("reward/mean", "train/loss", "train/kl", "train/entropy", "train/grad_norm", "time/generate",
+    for key in ("reward/mean", "train/loss", "train/kl", "train/entropy", "train/grad_norm", "time/rollout",
                 "completion/length_mean", "completion/truncated_frac", "groups/zero_variance_frac", "train/lr"):
         assert key in logged and math.isfinite(float(logged[key])), key
     assert float(logged["rows/verifiable"]) == 4.0

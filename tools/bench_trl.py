@@ -254,7 +254,7 @@ class Worker:
         return {"steps_per_s": 1 / seconds, "tokens_per_s": tokens_per_step / seconds, "seconds": seconds,
                 "rss_gb": self.final["max_rss_mb"] / 1024, "tokens_per_step": tokens_per_step, "startup_s": self.ready,
                 "mismatch": statistics.mean(s.get("mismatch/logp_abs_diff", float("nan")) for s in timed),
-                "generate_s": statistics.mean(s.get("time/generate", float("nan")) for s in timed),
+                "rollout_s": statistics.mean(s.get("time/rollout", float("nan")) for s in timed),
                 "update_s": statistics.mean(s.get("time/update", float("nan")) for s in timed)}
 
 
@@ -346,7 +346,7 @@ def format_table(results, size, params, base, where, wall) -> str:
         "",
         (
             "| configuration | precision | steps/s | TRL steps/s | speed vs TRL | completion tok/s | TRL tok/s | "
-            "peak RSS GB | TRL peak RSS GB | memory vs TRL | urpo generate s | urpo update s | mismatch |logp| | "
+            "peak RSS GB | TRL peak RSS GB | memory vs TRL | urpo rollout s | urpo update s | mismatch |logp| | "
             "startup s (urpo / TRL) |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -357,7 +357,7 @@ def format_table(results, size, params, base, where, wall) -> str:
             f"| {names[engine]} | {'fp32' if precision == '32' else 'bf16-mixed'} | {ours['steps_per_s']:.3f} | "
             f"{theirs['steps_per_s']:.3f} | {ours['steps_per_s'] / theirs['steps_per_s']:.2f}x | "
             f"{ours['tokens_per_s']:.0f} | {theirs['tokens_per_s']:.0f} | {ours['rss_gb']:.2f} | "
-            f"{theirs['rss_gb']:.2f} | {ours['rss_gb'] / theirs['rss_gb']:.2f}x | {ours['generate_s']:.2f} | "
+            f"{theirs['rss_gb']:.2f} | {ours['rss_gb'] / theirs['rss_gb']:.2f}x | {ours['rollout_s']:.2f} | "
             f"{ours['update_s']:.2f} | {ours['mismatch']:.2g} | {ours['startup_s']:.0f} / {theirs['startup_s']:.0f} |"
         )
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from urpo.module import URPOModule
 from urpo.rewards import MathVerifier, PreferenceReward, RewardCallback, RewardResult, SelfJudge
 from urpo.rewards.base import Episode
 from urpo.rollout import SamplingArgs
+from urpo.timing import PHASES
 
 G = 3
 
@@ -121,7 +122,8 @@ def test_one_training_step_with_all_kinds_updates_the_model(tiny_model_dir: str,
     metrics = fit_one_step(module, tmp_path)
     # Verifiable groups differ in length, so the length penalty alone gives them nonzero advantages.
     assert changed_fraction(before, module.policy) > 0.5
-    for key in ("time/generate", "time/reward_self_judge", "time/reward_preference_reward", "time/reward_math_verifier",
+    assert {f"time/{phase}" for phase in PHASES} <= set(metrics)  # every phase, judge included (two judging rewards)
+    for key in ("time/reward/self_judge", "time/reward/preference_reward", "time/reward/math_verifier",
                 "reward/self_judge/parse_failure_rate", "reward/preference_reward/parse_failure_rate",
                 "reward/length_penalty/chars_mean", "rows/open", "rows/preference", "rows/verifiable"):
         assert key in metrics, key

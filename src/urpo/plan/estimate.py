@@ -1,7 +1,8 @@
 """Memory and time of one URPO step per rank, from the model's shapes and the run's settings: pure arithmetic.
 
-A step has phases that never overlap: the player's rollout, the referee's judging rollout (self-judge), the update
-(forward and backward of one micro-batch at a time) and the optimizer step. Some memory lives through all of them
+A step's memory is planned over phases that never overlap, named as the step's timers name them (``urpo.timing``):
+``rollout`` (the player's generation), ``judge`` (the self-judge's generation), ``update`` (forward and backward of
+one micro-batch at a time) and the update's optimizer step. Some memory lives through all of them
 (weights, optimizer states, the reference policy, a vLLM engine); the rest belongs to one phase. The peak of a rank is
 the largest phase total. Every term is an upper bound for sequences of the configured lengths: prompts of
 ``data.max_prompt_tokens`` and completions of ``sampling.max_new_tokens`` (real prompts are shorter).
@@ -25,7 +26,7 @@ from urpo.plan.architecture import ModelFacts
 from urpo.plan.setup import RunSetup
 
 GB = 1e9
-PHASES = ("rollout: player", "rollout: referee", "update", "optimizer step")
+PHASES = ("rollout", "judge", "update", "update: optimizer step")
 ALL = frozenset(PHASES)
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 LOGIT_COPIES = 5
@@ -226,14 +227,14 @@ def _state_terms(setup: RunSetup, facts: ModelFacts, notes: list[str], cuda: boo
     terms.append(Term(
         "gradients", grad_copies * train_n * tb / shards,
         f"{_n(train_n)} x {tb} B{per}" + (" x 2 (DDP's bucket copy)" if grad_copies == 2 else ""),
-        frozenset({"update", "optimizer step"}),
+        frozenset({"update", "update: optimizer step"}),
     ))
     state, why = optimizer_state_bytes(setup, tb)
     terms.append(Term("optimizer states", train_n * state / shards, f"{why}: {_n(train_n)} x {state:g} B{per}"))
     step_temp = train_n * tb / shards if cuda and "8bit" not in setup.optimizer.lower() else 0.0
     terms.append(Term(
         "optimizer step temporaries", step_temp, "foreach kernels: one state-sized buffer (CUDA)",
-        frozenset({"optimizer step"}),
+        frozenset({"update: optimizer step"}),
     ))
     terms.append(_reference(setup, facts))
     return terms
@@ -255,7 +256,7 @@ def _reference(setup: RunSetup, facts: ModelFacts) -> Term:
 def _engine_terms(setup: RunSetup, facts: ModelFacts, notes: list[str]) -> list[Term]:
     s, gen_b = shapes(setup), compute_bytes(setup, facts)
     kv_token = 2 * facts.num_layers * facts.kv_heads * facts.head_dim * gen_b
-    player, referee = frozenset({"rollout: player"}), frozenset({"rollout: referee"})
+    player, referee = frozenset({"rollout"}), frozenset({"judge"})
     rollout = player | referee
     terms = []
     if setup.fsdp is not None:

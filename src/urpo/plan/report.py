@@ -109,14 +109,14 @@ def describe_run(setup: RunSetup, facts: ModelFacts) -> list[str]:
 
 def table(plan: MemoryPlan) -> list[str]:
     """The terms as a Markdown table (docs/scaling.md quotes it as printed)."""
-    short = {"rollout: player": "P", "rollout: referee": "R", "update": "U", "optimizer step": "S"}
+    short = {"rollout": "R", "judge": "J", "update": "U", "update: optimizer step": "S"}
     lines = ["| term | per rank | phases | arithmetic |", "| --- | ---: | --- | --- |"]
     for term in plan.terms:
         phases = "all" if len(term.phases) == len(PHASES) else "".join(short[p] for p in PHASES if p in term.phases)
         lines.append(f"| {term.name} | {_gb(term.bytes)} | {phases} | {term.arithmetic} |")
     totals = ", ".join(f"{p} {_gb(plan.phase_total(p))}" for p in PHASES)
     lines.append("")
-    lines.append(f"phases (P player rollout, R referee rollout, U update, S optimizer step): {totals}")
+    lines.append(f"phases (R rollout, J judge, U update, S its optimizer step): {totals}")
     return lines
 
 

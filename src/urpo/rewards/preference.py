@@ -32,6 +32,7 @@ from urpo.referee import (
     top1_correct,
 )
 from urpo.rewards.base import Episode, RewardCallback, RewardResult
+from urpo.timing import timed
 
 if TYPE_CHECKING:
     from urpo.module import URPOModule
@@ -97,7 +98,8 @@ def generate_judgments(
     from urpo.prompts import render_chat
 
     prompts = [render_chat(module.tokenizer, m) for m in messages]
-    with torch.no_grad():  # judgments are never trained on; also covers engines that do not disable gradients
+    # Judgments are never trained on (no_grad also covers engines that do not disable gradients).
+    with timed("judge"), torch.no_grad():
         return list(module.engine.generate(prompts, n, sampling).texts)
 
 

@@ -24,6 +24,7 @@ from urpo.errors import ConfigError
 from urpo.referee import borda_scores, pairwise_accuracy, shuffled_order
 from urpo.rewards.base import Episode, RewardCallback, RewardResult, combine_rewards
 from urpo.rewards.preference import Verdict, as_rng_state, failure_metrics, read_verdict
+from urpo.timing import timed
 
 if TYPE_CHECKING:
     from urpo.module import URPOModule
@@ -237,7 +238,7 @@ class SelfJudge(RewardCallback):
         """Generates every task's judgment in one engine call and parses it into group answer indices."""
         if not tasks:
             return
-        with torch.no_grad():  # the engine already avoids gradients; this also covers custom engines
+        with timed("judge"), torch.no_grad():  # the engine already avoids gradients; this covers custom engines
             texts = self.module.engine.generate([t.prompt for t in tasks], 1, self.sampling).texts
         for task, text in zip(tasks, texts, strict=True):
             local = read_verdict(self.module.referee, text, list(range(len(task.members))), task.prompt)
