@@ -122,7 +122,8 @@ def optimizer_state_bytes(setup: RunSetup, param_bytes: int) -> tuple[float, str
         return 2.0, f"{setup.optimizer}: two 8-bit states"
     if name.startswith("sgd"):
         momentum = float(setup.optimizer_args.get("momentum", 0) or 0)
-        return (param_bytes if momentum else 0.0), f"{setup.optimizer}: {'one momentum buffer' if momentum else 'no state'}"
+        state = "one momentum buffer" if momentum else "no state"
+        return (param_bytes if momentum else 0.0), f"{setup.optimizer}: {state}"
     if name.startswith(("adagrad", "rmsprop", "lion")):
         return float(param_bytes), f"{setup.optimizer}: one state"
     if name.startswith("adafactor"):
