@@ -92,6 +92,8 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         "accelerator": "gpu" if on_gpu else "cpu", "devices": gpus if stage == "fsdp2" else 1,
         "precision": "bf16-mixed" if on_gpu else "32-true", "max_steps": 3 if on_gpu else 1, "logger": False,
         "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+        # The CLI saves the resolved config.yaml under the root dir: in OUT_DIR, not the repository.
+        "default_root_dir": str(out / stage),
         "callbacks": [{"class_path": "urpo.plan.measure.PeakMemory", "init_args": {"path": str(out / f"{stage}_peak.json")}}],
     }
     model: dict[str, Any] = {
