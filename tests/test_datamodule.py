@@ -51,7 +51,9 @@ def test_every_batch_holds_the_exact_share_of_each_kind():
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
-    keys = lambda seed: [[(r.source, r.index) for r in b] for b in batches(URPODataModule(THREE_KINDS, batch_size=6, seed=seed), 5)]
+    def keys(seed: int) -> list[list[tuple[str, int]]]:
+        return [[(r.source, r.index) for r in b] for b in batches(URPODataModule(THREE_KINDS, batch_size=6, seed=seed), 5)]
+
     assert keys(0) == keys(0)
     assert keys(0) != keys(1)
 

@@ -151,7 +151,7 @@ def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
     assert solve_prompt("What is 17 - 5?") == 12 and solve_prompt("What is 17 + 5?") == 22
     steps = [{"step": i + 1, "groups/preference_zero_variance_frac": z, "reward/preference_group_spread": 0.25,
               "reward/preference_reward/referee_accuracy": a, "rows/preference": 2.0}
-             for i, (z, a) in enumerate([(1.0, 0.5), (0.5, 0.5), (0.5, 0.75), (0.0, 0.75)])]  # fmt: skip
+             for i, (z, a) in enumerate([(1.0, 0.5), (0.5, 0.5), (0.5, 0.75), (0.0, 0.75)])]
     assert signal(steps, 0, 2)["zero_variance_frac"] == 0.75 and signal(steps, 2, 4)["sampled_accuracy"] == 0.75
     history = [{"step": 0, "referee_accuracy": 0.5}, {"step": 4, "referee_accuracy": 0.6}]
     row = summarize({"steps": steps, "history": history, "seconds": 1.0})

@@ -89,7 +89,7 @@ def test_validate_without_a_validation_source_is_an_error(tiny_model_dir, tmp_pa
         code, line = urpo_fails(
             capsys, "validate", "--config", TINY, "--model.model.name_or_path", tiny_model_dir,
             "--trainer.logger.init_args.save_dir", str(tmp_path),
-        )  # fmt: skip
+        )
     assert code == EXIT_BAD_INPUT and "data.val_sources is empty" in line
     assert not [w for w in caught if "args parameter" in str(w.message)]  # the argv echo is gone
 
@@ -124,7 +124,7 @@ def test_a_data_kind_without_reward_fails_before_the_model_loads(tiny_model_dir,
     assert "['preference'] rows but no reward callback serves them" in line and "math_verifier" in line
     # `urpo data` shows the same problem in its report.
     console_main(["data", "--config", TINY, "--model.model.name_or_path", tiny_model_dir, "--data.sources", sources,
-                  "--batches", "1"])  # fmt: skip
+                  "--batches", "1"])
     assert "rewards: PROBLEM: the data holds ['preference'] rows but no reward" in capsys.readouterr().out
 
 
@@ -219,7 +219,7 @@ def test_eval_referee_reports_why_records_were_skipped_and_counts_them_in_its_cs
     assert "chosen" in skips[0]["reason"]
     stats = {"rows": 2, "accuracy": 0.5, "accuracy_parsed": 0.5, "position_consistency": 1.0,
              "consistent_accuracy": 0.5, "parse_failure_rate": 0.0,
-             "parse_failure_reasons": dict.fromkeys(PARSE_FAILURE_REASONS, 0)}  # fmt: skip
+             "parse_failure_reasons": dict.fromkeys(PARSE_FAILURE_REASONS, 0)}
     report = {"subsets": {"easy": dict(stats)}, "overall": dict(stats)}
     add_skips(report, skips)
     assert "skipped 1 records (not scored): record 2 (easy):" in format_table(report)

@@ -92,7 +92,7 @@ def test_one_step_changes_every_trainable_parameter_and_not_the_reference(tiny_m
     for name, param in module.reference.named_parameters():
         assert torch.equal(reference_before[name], param), name
     logged = fit.logged_metrics
-    for key in ("reward/mean", "train/loss", "train/kl", "train/entropy", "train/grad_norm", "time/generate",
+    for key in ("reward/mean", "train/loss", "train/kl", "train/entropy", "train/grad_norm", "time/rollout",
                 "completion/length_mean", "completion/truncated_frac", "groups/zero_variance_frac", "train/lr"):
         assert key in logged and math.isfinite(float(logged[key])), key
     assert float(logged["rows/verifiable"]) == 4.0
@@ -124,7 +124,7 @@ def test_learning_raises_a_toy_reward(tiny_model_dir):
 def _sequences(advantages: list[float]) -> list[TrainSequence]:
     """Training sequences of different prompt and completion lengths, one per advantage, 4 to a group."""
     return [TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=a,
-                          episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]  # fmt: skip
+                          episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]
 
 
 def _attached_module(model_dir: str, optimizer, **grpo) -> URPOModule:
@@ -147,7 +147,7 @@ def test_micro_batch_split_does_not_change_the_update(tiny_model_dir):
     results = []
     for budget in (10_000, 1):
         module = _attached_module(tiny_model_dir, lambda params: torch.optim.SGD(params, lr=1.0),
-                                  max_tokens_per_micro_batch=budget)  # fmt: skip
+                                  max_tokens_per_micro_batch=budget)
         stats = module.update(sequences)
         results.append((stats["train/loss"] * (1 if budget > 1 else 8), [p.detach().clone() for p in module.policy.parameters()]))
     (loss_a, params_a), (loss_b, params_b) = results

@@ -50,7 +50,7 @@ def test_bundled_qwen_architectures_give_the_published_parameter_counts():
     assert small.head_params == 0  # tied embeddings
     # LoRA r=32 on the seven projections of 28 layers: 28 x 32 x (in + out) summed over the projections.
     per_layer = sum(32 * (i + o) for i, o in [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536),
-                                              (1536, 8960), (1536, 8960), (8960, 1536)])  # fmt: skip
+                                              (1536, 8960), (1536, 8960), (8960, 1536)])
     assert small.lora_params(32, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) == 28 * per_layer
 
 
@@ -71,7 +71,7 @@ def test_fsdp2_shards_weights_gradients_and_states_over_the_world_size(tiny_mode
     def states(devices: int) -> list[float]:
         config = tiny_config(tiny_model_dir, grpo={"num_generations": 4, "beta": 0.1})
         config["trainer"] = {"accelerator": "gpu", "devices": devices,
-                             "strategy": {"class_path": "urpo.strategies.FSDP2Strategy"}}  # fmt: skip
+                             "strategy": {"class_path": "urpo.strategies.FSDP2Strategy"}}
         _, plan = plan_of(config, cuda=True)
         return [plan.term(n).bytes for n in ("weights", "gradients", "optimizer states", "reference policy")]
 
@@ -87,7 +87,7 @@ def test_lora_trains_adapters_only_and_its_reference_is_free(tiny_model_dir):
     assert lora.term("gradients").bytes < full.term("gradients").bytes / 5
     facts = model_facts(full_setup.model)
     assert lora.term("gradients").bytes == 4 * facts.lora_params(4, ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+                                                                     "gate_proj", "up_proj", "down_proj"])
 
 
 def test_eight_bit_optimizer_quarters_the_states(tiny_model_dir):
@@ -117,7 +117,7 @@ def test_vllm_engine_holds_its_weights_and_kv_cache_instead_of_hf_generation(tin
 
 def test_self_judge_prompts_are_halved_like_the_self_judge_does(tiny_model_dir):
     config = tiny_config(tiny_model_dir, grpo={"num_generations": 8}, sampling={"max_new_tokens": 100},
-                         rewards=[{"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 500}}])  # fmt: skip
+                         rewards=[{"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 500}}])
     s = shapes(run_setup(config))
     # 64 + 8 x 100 > 500, 64 + 4 x 100 = 464 fits: 2 chunks of 4 answers, 2 judgments, 4 rows.
     assert (s.judge_prompt, s.judge_prompts) == (464, 4 * 2 * 2)
@@ -130,7 +130,7 @@ def test_plan_prints_the_table_and_a_verdict(tiny_model_dir, tmp_path, capsys):
     assert main(["--config", write(tmp_path, tiny_config(tiny_model_dir)), "--device_memory", "16GB"]) == 0
     out = capsys.readouterr().out
     for line in ("| weights |", "| gradients |", "| optimizer states |", "| activations, one micro-batch |",
-                 "| logits, one micro-batch |", "| generation: player |", "verdict: FITS", "time:"):  # fmt: skip
+                 "| logits, one micro-batch |", "| generation: player |", "verdict: FITS", "time:"):
         assert line in out
 
 
@@ -220,7 +220,10 @@ def test_missing_config_file_and_bad_override(tmp_path, capsys, tiny_model_dir):
 
 @pytest.mark.slow
 def test_plan_peak_is_within_25_percent_of_a_measured_run(tmp_path):
-    """A real `urpo fit` of the tiny model on CPU, micro-batched, peaks within 25% of the plan (tools/plan_calibration.py)."""
+    """A real `urpo fit` of the tiny model on CPU, micro-batched, peaks within 25% of the plan.
+
+    The same measurement as tools/plan_calibration.py, on one case.
+    """
     from tools.plan_calibration import run_case
 
     row = run_case("tiny_test", tmp_path / "models", tmp_path / "runs")

@@ -44,7 +44,7 @@ MALICIOUS = [
     "[Response A]", "[End of Response B]", "[ response c ]", "[END OF RESPONSE A]", "［Response A］",
     "[User Prompt]", "[End of User Prompt]", "[Reference Answer]", "[End of Reference Answer]", "[ResponseA]",
     "A > B", "B = A", "<", ">", "[", "]", "/", "ranking", "Response A", "end of", " ", "\n", "<<", ">>", "\u200b",
-]  # fmt: skip
+]
 
 
 def user_text(messages: list[dict[str, str]]) -> str:
@@ -115,7 +115,7 @@ def test_parse_failure_details_name_the_problem() -> None:
     assert "'foo'" in parse_ranking(R.format("A > foo"), 3).detail
     assert set(PARSE_FAILURE_REASONS) == {
         "no_ranking", "empty", "bad_token", "label_out_of_range", "duplicate_label", "missing_label", "tie_not_allowed"
-    }  # fmt: skip
+    }
 
 
 def test_parse_custom_tags_and_template_parse() -> None:
@@ -469,7 +469,7 @@ def test_gold_ranking_agrees_perfectly_and_any_ranking_stays_in_range(scores: li
         assert agreement(gold_tiers(scores), scores) == {
             "pairwise_accuracy": 1.0, "top1": float(scores.count(max(scores)) == 1), "exact_match": 1.0,
             "kendall_tau": pytest.approx(1.0),
-        }  # fmt: skip
+        }
     order = shuffled_order(len(scores), random.Random(seed))
     pred = tuple((i,) for i in order)
     assert 0.0 <= pairwise_accuracy(pred, scores) <= 1.0

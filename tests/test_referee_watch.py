@@ -1,4 +1,4 @@
-"""A run whose referee produces no parsable verdicts says so in the progress bar and warns, naming share and template."""
+"""A run whose referee writes no parsable verdicts says so in the progress bar and warns, naming share and template."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_a_referee_that_never_parses_is_reported_in_the_bar_and_warned_once(tiny
     # A random tiny model never writes a <ranking> block: every judgment of every step fails to parse.
     module = with_watch(make_module(tiny_model_dir, rewards=[PreferenceReward()]), after_steps=2)
     batch = [PreferenceRow(source="t", index=i, prompt=f"What is {i} + 1?", responses=(str(i + 1), "7"), scores=(1.0, 0.0))
-             for i in range(2)]  # fmt: skip
+             for i in range(2)]
     caught = fit(module, 3, tmp_path, batch)
     assert len(caught) == 1, [str(w.message) for w in caught]  # once, not every step
     message = str(caught[0].message)

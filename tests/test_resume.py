@@ -85,10 +85,10 @@ def test_resume_after_kill_9_continues_the_straight_run(tiny_model_dir, tmp_path
 
     steps = 6
     run_fit(tiny_model_dir, tmp_path / "straight", "--trainer.max_steps", str(steps),
-            *_reward_args(tmp_path / "straight.jsonl"))  # fmt: skip
+            *_reward_args(tmp_path / "straight.jsonl"))
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "urpo.cli", *fit_args(tiny_model_dir, killed, "--trainer.max_steps", "1000"),
-               *_reward_args(tmp_path / "killed.jsonl")]  # fmt: skip
+               *_reward_args(tmp_path / "killed.jsonl")]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (killed / "checkpoints" / "epoch=0-step=2.ckpt").exists():
@@ -99,7 +99,7 @@ def test_resume_after_kill_9_continues_the_straight_run(tiny_model_dir, tmp_path
     saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 2 <= saved < steps
     run_fit(tiny_model_dir, killed, "--ckpt_path", "last", "--trainer.max_steps", str(steps),
-            *_reward_args(tmp_path / "resumed.jsonl"))  # fmt: skip
+            *_reward_args(tmp_path / "resumed.jsonl"))
 
     straight, resumed = _steps(tmp_path / "straight.jsonl"), _steps(tmp_path / "resumed.jsonl")
     assert len(resumed) == steps - saved

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from urpo.errors import ConfigError
 from urpo.models import ModelArgs, load_model, load_tokenizer
 from urpo.prompts import render_chat
 from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs, _trim_completion, left_pad
@@ -63,5 +64,5 @@ def test_left_pad():
 
 def test_sampling_args_are_validated():
     for bad in ({"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 0.0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             SamplingArgs(**bad)

@@ -19,6 +19,7 @@ from torch.testing import assert_close
 from tests.helpers import build_tiny_model
 from urpo.config import RolloutCorrectionArgs
 from urpo.correction import importance_weights, mismatch_metrics, scale_gradient
+from urpo.errors import ConfigError
 from urpo.rollout import SamplingArgs
 
 T = torch.tensor
@@ -94,9 +95,9 @@ def test_mismatch_metrics_by_hand():
 
 
 def test_correction_args_validate():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="cap_max"):
         RolloutCorrectionArgs(cap_max=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="cap_min"):
         RolloutCorrectionArgs(cap_min=3.0, cap_max=2.0)
 
 
@@ -263,13 +264,13 @@ def _fit(model_dir: Path, tmp_path: Path, precision: str, steps: int = 3, rows=N
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
         vllm=VLLMArgs(kv_cache_memory_bytes=64 << 20),  # max_model_len: the model's 1024 (referee prompts are long)
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-    )  # fmt: skip
+    )
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)] * steps
     loader = DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=steps, precision=precision, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    )
     trainer.fit(module, train_dataloaders=loader)
     return trainer, module
 

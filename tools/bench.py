@@ -2,7 +2,8 @@
 
     python tools/bench.py --config configs/demo.yaml [--steps 4] [any `urpo fit` override ...]
 
-Prints one table: the mean seconds of each phase of a step (generate, each reward, update) over the measured steps
+Prints one table: the mean seconds of each phase of a step (``urpo.timing.PHASES``: render, rollout, judge, reward and
+each reward callback's share of it, advantage, update, metrics) over the measured steps
 (the first step is a warm-up and is left out), completion tokens per second, and how long the DataModule takes to
 build a batch of 64 rows from the same sources, as a share of a step. A benchmark, not a test: it asserts nothing.
 """
@@ -62,20 +63,30 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(recorder.steps[1:] or recorder.steps, _batch_build_seconds(cli.datamodule), cli))
 
 
+def _phase_order(key: str) -> tuple[int, str]:
+    """time/step first, then the phases in the order a step runs them, a phase's details after it."""
+    from urpo.timing import PHASES
+
+    phase = key.removeprefix("time/").split("/", 1)[0]
+    if phase == "step":
+        return 0, key
+    return (PHASES.index(phase) + 1 if phase in PHASES else len(PHASES) + 1), key
+
+
 def format_table(steps: list[dict[str, float]], batch_seconds: float, cli) -> str:
-    keys = sorted({k for s in steps for k in s if k.startswith("time/")}, key=lambda k: (k != "time/step", k))
+    keys = sorted({k for s in steps for k in s if k.startswith("time/")}, key=_phase_order)
     step_time = statistics.mean(s["time/step"] for s in steps)
     lines = [
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{__import__('torch').get_num_threads()}; precision {cli.trainer.precision}; {len(steps)} measured steps",
-        f"{'phase':<28}{'seconds':>10}{'share':>9}",
+        f"{'phase':<32}{'seconds':>10}{'share':>9}",
     ]
     for key in keys:
         mean = statistics.mean(s.get(key, 0.0) for s in steps)
-        lines.append(f"{key:<28}{mean:>10.3f}{mean / step_time:>9.1%}")
+        lines.append(f"{key:<32}{mean:>10.3f}{mean / step_time:>9.1%}")
     tokens = statistics.mean(s.get("throughput/tokens_per_s", 0.0) for s in steps)
-    lines.append(f"{'completion tokens / s':<28}{tokens:>10.1f}")
-    lines.append(f"{'build a 64-row batch':<28}{batch_seconds:>10.5f}{batch_seconds / step_time:>9.2%}")
+    lines.append(f"{'completion tokens / s':<32}{tokens:>10.1f}")
+    lines.append(f"{'build a 64-row batch':<32}{batch_seconds:>10.5f}{batch_seconds / step_time:>9.2%}")
     return "\n".join(lines)
 
 

@@ -58,15 +58,15 @@ def run_one(spec: dict) -> None:
         grpo=GRPOArgs(num_generations=spec["g"]), sampling=SamplingArgs(max_new_tokens=spec["length"]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-    )  # fmt: skip
+    )
     rows = bench_rows(4 * spec["steps"], three_kinds=True)  # every 4 rows: 2 verifiable, 1 preference, 1 open
     loader = torch.utils.data.DataLoader([rows[i : i + 4] for i in range(0, len(rows), 4)], batch_size=None,
-                                         collate_fn=lambda b: b)  # fmt: skip
+                                         collate_fn=lambda b: b)
     times = StepTimes()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=spec["steps"], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[times], default_root_dir=spec["workdir"],
-    )  # fmt: skip
+    )
     trainer.fit(module, train_dataloaders=loader)
     seconds = sorted(times.seconds[1:] or times.seconds)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
         params = build_model(Path(work) / "model", args.size)
         base = {"model": str(Path(work) / "model"), "g": args.g, "length": args.length, "steps": args.steps,
-                "workdir": work}  # fmt: skip
+                "workdir": work}
         results = {mode: measure({**base, "mode": mode}) for mode in ("unified", "separate")}
     unified, separate = results["unified"], results["separate"]
     print(f"Machine: {machine()}. Model: Qwen2 '{args.size}', {params / 1e6:.1f}M parameters, fp32. Work per step: "

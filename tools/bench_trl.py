@@ -8,7 +8,8 @@ Every configuration runs in its own process, so its peak RSS (``ru_maxrss``) is 
 paired with a TRL process of the same precision, and the two take turns, one step each, while the other waits: both
 see the same machine load, and neither competes with the other for the cores. The first step of each is a warm-up
 and is not timed; step times are medians. Both sample exactly ``--length`` tokens per completion
-(``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work. A benchmark, not a test: it prints figures and asserts nothing.
+(``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work. A benchmark, not a
+test: it prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -43,36 +44,23 @@ TAG = "BENCH "
 def build_model(folder: Path, size: str) -> int:
     """A random Qwen2 with a byte-level BPE trained on the fly to the size's vocab; returns its parameter count."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import CHATML, tiny_corpus
+    from tools.tiny_model import chatml_tokenizer, tiny_corpus
 
     hidden, layers, heads, kv_heads, ffn, vocab = SIZES[size]
     rng = random.Random(0)
     # Random words give the BPE trainer enough distinct merges to reach a 32k vocab.
     words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))) for _ in range(vocab * 8)]
     corpus = tiny_corpus() + [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )  # fmt: skip
-    tok.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
-    )
-    tokenizer.chat_template = CHATML
+    tokenizer = chatml_tokenizer(corpus, vocab_size=vocab)
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -168,7 +156,7 @@ def run_urpo(spec: dict) -> None:
         vllm=VLLMArgs(kv_cache_memory_bytes=256 << 20, max_model_len=1024,
                       sampling_kwargs={"min_tokens": spec["length"]}),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-    )  # fmt: skip
+    )
     rows = bench_rows(spec["prompts"] * spec["steps"], spec["three_kinds"])
     batches = [rows[i : i + spec["prompts"]] for i in range(0, len(rows), spec["prompts"])]
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
@@ -176,7 +164,7 @@ def run_urpo(spec: dict) -> None:
         accelerator="cpu", devices=1, max_steps=spec["steps"], precision=spec["precision"], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[Stepper()],
         default_root_dir=spec["workdir"],
-    )  # fmt: skip
+    )
     trainer.fit(module, train_dataloaders=loader)
     _report("done", max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -221,7 +209,7 @@ def run_trl(spec: dict) -> None:
         bf16=spec["precision"].startswith("bf16"), use_vllm=False, gradient_checkpointing=False,
         logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, seed=0,
         disable_tqdm=True,
-    )  # fmt: skip
+    )
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=reward, args=config, train_dataset=data,
                           callbacks=[Stepper()])
     trainer.train()
@@ -266,7 +254,7 @@ class Worker:
         return {"steps_per_s": 1 / seconds, "tokens_per_s": tokens_per_step / seconds, "seconds": seconds,
                 "rss_gb": self.final["max_rss_mb"] / 1024, "tokens_per_step": tokens_per_step, "startup_s": self.ready,
                 "mismatch": statistics.mean(s.get("mismatch/logp_abs_diff", float("nan")) for s in timed),
-                "generate_s": statistics.mean(s.get("time/generate", float("nan")) for s in timed),
+                "rollout_s": statistics.mean(s.get("time/rollout", float("nan")) for s in timed),
                 "update_s": statistics.mean(s.get("time/update", float("nan")) for s in timed)}
 
 
@@ -358,7 +346,7 @@ def format_table(results, size, params, base, where, wall) -> str:
         "",
         (
             "| configuration | precision | steps/s | TRL steps/s | speed vs TRL | completion tok/s | TRL tok/s | "
-            "peak RSS GB | TRL peak RSS GB | memory vs TRL | urpo generate s | urpo update s | mismatch |logp| | "
+            "peak RSS GB | TRL peak RSS GB | memory vs TRL | urpo rollout s | urpo update s | mismatch |logp| | "
             "startup s (urpo / TRL) |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -369,7 +357,7 @@ def format_table(results, size, params, base, where, wall) -> str:
             f"| {names[engine]} | {'fp32' if precision == '32' else 'bf16-mixed'} | {ours['steps_per_s']:.3f} | "
             f"{theirs['steps_per_s']:.3f} | {ours['steps_per_s'] / theirs['steps_per_s']:.2f}x | "
             f"{ours['tokens_per_s']:.0f} | {theirs['tokens_per_s']:.0f} | {ours['rss_gb']:.2f} | "
-            f"{theirs['rss_gb']:.2f} | {ours['rss_gb'] / theirs['rss_gb']:.2f}x | {ours['generate_s']:.2f} | "
+            f"{theirs['rss_gb']:.2f} | {ours['rss_gb'] / theirs['rss_gb']:.2f}x | {ours['rollout_s']:.2f} | "
             f"{ours['update_s']:.2f} | {ours['mismatch']:.2g} | {ours['startup_s']:.0f} / {theirs['startup_s']:.0f} |"
         )
     return "\n".join(lines)

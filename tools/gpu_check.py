@@ -54,7 +54,7 @@ SAMPLES = ROOT / "src/urpo/data/samples"
 def build_check_model(folder: Path, on_gpu: bool) -> str:
     """A random model of Qwen2.5-0.5B's architecture (GPU) or the tiny test model (CPU fallback), with a tokenizer."""
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import build_tiny_model
+    from tools.tiny_model import build_tiny_model
 
     if (folder / "config.json").is_file():
         return str(folder)
@@ -79,23 +79,10 @@ def build_check_model(folder: Path, on_gpu: bool) -> str:
 
 def sample_tokenizer(vocab: int = 8192):
     """A byte-level BPE trained on urpo's bundled samples: English at a few characters a token, like a real one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tools.tiny_model import chatml_tokenizer, tiny_corpus
 
-    from tests.helpers import CHATML, tiny_corpus
-
-    texts = tiny_corpus() + [line for path in sorted(SAMPLES.glob("*.jsonl")) for line in path.read_text().splitlines()]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
-    tok.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        padding_side="left")  # fmt: skip
-    tokenizer.chat_template = CHATML
-    return tokenizer
+    samples = [line for path in sorted(SAMPLES.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    return chatml_tokenizer(tiny_corpus() + samples, vocab_size=vocab)
 
 
 def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, Any]:
@@ -105,8 +92,10 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         "accelerator": "gpu" if on_gpu else "cpu", "devices": gpus if stage == "fsdp2" else 1,
         "precision": "bf16-mixed" if on_gpu else "32-true", "max_steps": 3 if on_gpu else 1, "logger": False,
         "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+        # The CLI saves the resolved config.yaml under the root dir: in OUT_DIR, not the repository.
+        "default_root_dir": str(out / stage),
         "callbacks": [{"class_path": "urpo.plan.measure.PeakMemory", "init_args": {"path": str(out / f"{stage}_peak.json")}}],
-    }  # fmt: skip
+    }
     model: dict[str, Any] = {
         "model": {"name_or_path": model_dir, "dtype": "float32"},
         "rewards": [
@@ -121,11 +110,12 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
     }
     if stage == "vllm":
         model["engine"] = "vllm"
-        model["vllm"] = {"kv_cache_memory_bytes": 4 << 30, "enforce_eager": True}  # no graph capture: the check is short
+        # enforce_eager: no graph capture, the check is short
+        model["vllm"] = {"kv_cache_memory_bytes": 4 << 30, "enforce_eager": True}
     if stage == "fsdp2":
         trainer["precision"] = "32-true"  # FSDP2's mixed-precision policy computes in bf16
         trainer["strategy"] = {"class_path": "urpo.strategies.FSDP2Strategy",
-                               "init_args": {"param_dtype": "bfloat16", "activation_checkpointing": True}}  # fmt: skip
+                               "init_args": {"param_dtype": "bfloat16", "activation_checkpointing": True}}
     sources = [
         {"adapter": "gsm8k", "path": str(SAMPLES / "gsm8k_train.jsonl")},
         {"adapter": "hh_rlhf", "path": str(SAMPLES / "hh_rlhf_harmless_base_test.jsonl")},
@@ -135,14 +125,14 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
     if not on_gpu:  # the tiny tokenizer spells English nearly byte by byte: HH-RLHF dialogues would not fit
         sources, mixture = [sources[0], sources[2]], {"verifiable": 0.5, "open": 0.5}
     data = {"sources": sources, "mixture": mixture, "batch_size": 8 if on_gpu else 4,
-            "max_prompt_tokens": 1024 if on_gpu else 128, "prompt_overflow": "truncate"}  # fmt: skip
+            "max_prompt_tokens": 1024 if on_gpu else 128, "prompt_overflow": "truncate"}
     return {"seed_everything": 0, "trainer": trainer, "curves": {"enabled": False}, "model": model, "data": data}
 
 
 def run(cmd: list[str], limit: int, log: Path) -> tuple[int, float]:
     """Run a command with a time limit, its output to ``log``; returns (exit status, seconds). 124: timed out."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     with log.open("w") as handle:
         try:
@@ -161,7 +151,7 @@ def pytest_stage(out: Path, gpus: int) -> dict[str, Any]:
     code, seconds = run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], time_left("pytest"), log)
     tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
     return {"status": "pass" if code == 0 else ("timeout" if code == 124 else "fail"), "exit": code,
-            "seconds": round(seconds, 1), "result": tail[0] if tail else ""}  # fmt: skip
+            "seconds": round(seconds, 1), "result": tail[0] if tail else ""}
 
 
 def training_stage(stage: str, model_dir: str, out: Path, gpus: int) -> dict[str, Any]:
@@ -174,7 +164,7 @@ def training_stage(stage: str, model_dir: str, out: Path, gpus: int) -> dict[str
         return {"status": "skipped", "why": "out of time", "config": str(path)}
     code, seconds = run([sys.executable, "-m", "urpo.cli", "fit", "--config", str(path)], limit, out / f"{stage}.log")
     result: dict[str, Any] = {"status": "pass" if code == 0 else ("timeout" if code == 124 else "fail"),
-                              "exit": code, "seconds": round(seconds, 1), "config": str(path)}  # fmt: skip
+                              "exit": code, "seconds": round(seconds, 1), "config": str(path)}
     result.update(planned(config, gpus))
     peak_file = out / f"{stage}_peak.json"
     if code == 0 and peak_file.is_file():
@@ -191,8 +181,9 @@ def planned(config: dict[str, Any], gpus: int) -> dict[str, Any]:
         setup = run_setup(config)
         facts = model_facts(setup.model)
         plan = memory_plan(setup, facts, cuda=gpus > 0)
+        times = step_time(setup, facts, 1.0)
         return {"plan_peak_gb": round(plan.peak / 1e9, 3), "plan_peak_phase": plan.peak_phase,
-                "plan_flops_per_step": step_time(setup, facts, 1.0).train_flops + step_time(setup, facts, 1.0).generate_flops}  # fmt: skip
+                "plan_flops_per_step": times.train_flops + times.generate_flops}
     except Exception as err:  # noqa: BLE001 - a failing plan is a finding to report, not a reason to stop
         return {"plan_error": f"{type(err).__name__}: {err}"}
 
@@ -206,7 +197,7 @@ def measured(figures: dict[str, Any]) -> dict[str, Any]:
     return {"step_seconds": [round(s, 3) for s in steps], "median_step_s": round(step, 3),
             "completion_tokens_per_s": round(per_step_tokens / step, 1) if step == step and step > 0 else None,
             "peak_gb": round(figures["peak_above_baseline_bytes"] / 1e9, 3),
-            "peak_reserved_gb": round(figures.get("peak_reserved_bytes", 0) / 1e9, 3) or None}  # fmt: skip
+            "peak_reserved_gb": round(figures.get("peak_reserved_bytes", 0) / 1e9, 3) or None}
 
 
 def summary(results: dict[str, Any], gpus: int, json_path: Path) -> str:
@@ -217,13 +208,13 @@ def summary(results: dict[str, Any], gpus: int, json_path: Path) -> str:
         text = f"{name} {status}"
         if "peak_gb" in stage:
             text += (f" ({stage['median_step_s']:.2f} s/step, {stage['completion_tokens_per_s']} tok/s, peak "
-                     f"{stage['peak_gb']:.2f} GB vs plan {stage.get('plan_peak_gb', '?')} GB)")  # fmt: skip
+                     f"{stage['peak_gb']:.2f} GB vs plan {stage.get('plan_peak_gb', '?')} GB)")
         elif status not in ("pass", "skipped") or "why" in stage:
             text += f" ({stage.get('why') or stage.get('result') or 'see ' + name + '.log'})"
         parts.append(text)
     ok = all(results["stages"].get(n, {}).get("status") in ("pass", "skipped") for n in ("pytest", "hf", "vllm", "fsdp2"))
     head = "gpu_check: " + ("CPU FALLBACK (no CUDA GPU; nothing GPU-specific was checked)" if gpus == 0 else
-                            ("PASS" if ok else "FAIL") + f" on {gpus} x {results['device']}")  # fmt: skip
+                            ("PASS" if ok else "FAIL") + f" on {gpus} x {results['device']}")
     return f"{head}: {'; '.join(parts)}; figures in {json_path}"
 
 
@@ -239,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = 0 if args.cpu or not torch.cuda.is_available() else torch.cuda.device_count()
     device = torch.cuda.get_device_name(0) if gpus else "cpu"
     print(f"gpu_check: {gpus} CUDA GPU(s) ({device})" if gpus else "gpu_check: no CUDA GPU: CPU fallback (tiny model, "
-          "one CPU step; the gpu stages are skipped)", flush=True)  # fmt: skip
+          "one CPU step; the gpu stages are skipped)", flush=True)
     results: dict[str, Any] = {"device": device, "gpus": gpus, "torch": torch.__version__, "stages": {}}
     model_dir = build_check_model(out / ("qwen2.5-0.5b-random" if gpus else "tiny-random"), on_gpu=gpus > 0)
     stages = results["stages"]
@@ -253,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         stages["vllm"] = stages["fsdp2"] = {"status": "skipped", "why": "no CUDA GPU"}
     else:
         stages["vllm"] = (training_stage("vllm", model_dir, out, gpus) if find_spec("vllm") is not None
-                          else {"status": "skipped", "why": "vllm is not installed"})  # fmt: skip
+                          else {"status": "skipped", "why": "vllm is not installed"})
         print(f"  vllm: {stages['vllm']}", flush=True)
         stages["fsdp2"] = training_stage("fsdp2", model_dir, out, gpus)
         print(f"  fsdp2: {stages['fsdp2']}", flush=True)

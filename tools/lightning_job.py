@@ -46,7 +46,7 @@ def job_spec(
         **(env or {}),
     }
     spec: dict[str, Any] = {"name": name, "machine": machine, "command": command, "num_machines": num_machines,
-                            "env": job_env}  # fmt: skip
+                            "env": job_env}
     if studio is not None:
         spec["studio"] = studio
     return spec

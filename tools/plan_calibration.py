@@ -57,7 +57,7 @@ BASE: dict[str, Any] = {
         "sources": [{"adapter": "gsm8k", "path": GSM8K}], "batch_size": 8, "max_prompt_tokens": 128,
         "prompt_overflow": "truncate",
     },
-}  # fmt: skip
+}
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (model size, changes to BASE as dotted keys)
@@ -74,7 +74,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "100m_beta_ckpt": ("100m", {"model.grpo.beta": 0.04, "model.gradient_checkpointing": True,
                                 "model.grpo.num_generations": 4, "model.grpo.max_tokens_per_micro_batch": 1024,
                                 "data.batch_size": 4, "model.sampling.max_new_tokens": 64}),
-}  # fmt: skip
+}
 
 
 class LengthReward(RewardCallback):
@@ -109,7 +109,7 @@ def build_model(size: str, folder: Path) -> str:
         return str(folder)
     sys.path.insert(0, str(ROOT))
     if size == "tiny":
-        from tests.helpers import build_tiny_model
+        from tools.tiny_model import build_tiny_model
 
         build_tiny_model(folder)
     else:
@@ -124,7 +124,7 @@ def measure(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}  # fmt: skip
+           "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     cmd = [sys.executable, "-m", "urpo.cli", "fit", "--config", str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, check=False)
     result = Path(config["trainer"]["callbacks"][0]["init_args"]["path"])
@@ -154,7 +154,7 @@ def run_case(name: str, models: Path, workdir: Path) -> dict[str, Any]:
     figures = measure(config, case_dir)
     measured = figures["peak_above_baseline_bytes"]
     return {"case": name, "planned_bytes": peak, "planned_phase": phase, "measured_bytes": measured,
-            "ratio": peak / measured if measured > 0 else float("nan"), "terms": terms, "run": figures}  # fmt: skip
+            "ratio": peak / measured if measured > 0 else float("nan"), "terms": terms, "run": figures}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row = run_case(name, work / "models", work / "runs")
             rows.append(row)
             print(f"| {name} | {row['planned_bytes'] / 1e6:.0f} MB | {row['measured_bytes'] / 1e6:.0f} MB | "
-                  f"{row['ratio']:.2f} | {row['planned_phase']} |", flush=True)  # fmt: skip
+                  f"{row['ratio']:.2f} | {row['planned_phase']} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

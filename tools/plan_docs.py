@@ -14,7 +14,7 @@ import argparse
 import io
 import re
 import sys
-from contextlib import redirect_stdout
+from contextlib import redirect_stdout, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,11 +27,8 @@ def plan_output(args: list[str]) -> str:
     from urpo.plan.report import main
 
     buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        try:
-            main(args)
-        except SystemExit:
-            pass
+    with redirect_stdout(buffer), suppress(SystemExit):  # a verdict of DOES NOT FIT exits 1
+        main(args)
     return buffer.getvalue()
 
 

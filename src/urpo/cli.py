@@ -55,7 +55,7 @@ class URPOCLI(LightningCLI):
         # default_env: PL_FIT__TRAINER__NUM_NODES and the like (urpo.launch_env), on every subcommand's parser.
         env = {name: {"default_env": True} for name in self.subcommands()}
         kwargs.setdefault("parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog,
-                                            "default_env": True, **env})  # fmt: skip
+                                            "default_env": True, **env})
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -75,8 +75,8 @@ class URPOCLI(LightningCLI):
         except ValueError as error:
             if isinstance(error, URPOError):
                 raise
-            # The argument dataclasses (GRPOArgs, SamplingArgs, ...) check their ranges with ValueError while the
-            # config is turned into objects: that is a bad config, reported as one.
+            # urpo's settings groups raise ConfigError themselves; a ValueError from another class the config
+            # builds (a Lightning callback, a strategy) is a bad config too, reported as one.
             raise ConfigError(f"config: {error}") from error
 
     def instantiate_trainer(self, **kwargs: Any):

@@ -9,7 +9,6 @@ from urpo.errors import ConfigError
 from urpo.correction import CorrectionLevel, CorrectionMode, OldLogprobs
 from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
 
-
 PreferenceOrders = Literal["mirrored", "shared"]
 
 
@@ -61,23 +60,23 @@ class GRPOArgs:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 for group-relative advantages, got {self.num_generations}")
+            raise ConfigError(f"num_generations must be >= 2 for group-relative advantages, got {self.num_generations}")
         if self.num_iterations < 1:
-            raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+            raise ConfigError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if not 0 <= self.epsilon_low < 1:
-            raise ValueError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - it), got {self.epsilon_low}")
+            raise ConfigError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - it), got {self.epsilon_low}")
         if self.epsilon_high < 0:
-            raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+            raise ConfigError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
         if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
+            raise ConfigError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+            raise ConfigError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
         if self.max_tokens_per_micro_batch < 1:
-            raise ValueError(f"max_tokens_per_micro_batch must be >= 1, got {self.max_tokens_per_micro_batch}")
+            raise ConfigError(f"max_tokens_per_micro_batch must be >= 1, got {self.max_tokens_per_micro_batch}")
         if self.max_stalled_steps is not None and self.max_stalled_steps < 1:
-            raise ValueError(f"max_stalled_steps must be >= 1 or None, got {self.max_stalled_steps}")
+            raise ConfigError(f"max_stalled_steps must be >= 1 or None, got {self.max_stalled_steps}")
 
 
 @dataclass(frozen=True)
@@ -132,9 +131,9 @@ class RolloutCorrectionArgs:
         for name in ("cap_max", "cap_min"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
         if self.cap_max is not None and self.cap_min is not None and self.cap_min > self.cap_max:
-            raise ValueError(f"cap_min {self.cap_min} must not exceed cap_max {self.cap_max}")
+            raise ConfigError(f"cap_min {self.cap_min} must not exceed cap_max {self.cap_max}")
 
 
 EngineName = Literal["hf", "vllm"]

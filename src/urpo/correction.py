@@ -28,7 +28,7 @@ OldLogprobs = Literal["trainer", "engine"]
 def importance_weights(
     old_logp: Tensor, engine_logp: Tensor, mask: Tensor, level: CorrectionLevel, mode: CorrectionMode,
     cap_max: float | None, cap_min: float | None = None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """Importance weights ``pi_old / pi_engine`` of the sampled tokens, truncated or masked outside the bounds.
 
     - ``token``: one weight per token, ``exp(logp_old - logp_engine)``.

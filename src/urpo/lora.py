@@ -132,7 +132,8 @@ def keep_cpu_4bit_trainable(model: torch.nn.Module) -> int:
 
     On CPUs with avx512_bf16, the first eval-mode no-grad forward of a ``Linear4bit`` (every rollout does one)
     repacks its weight for a fast kernel that autograd cannot run, and every later training forward fails with
-    "a view of a leaf Variable that requires grad is being used in an in-place operation" (seen with bitsandbytes 0.50 on CPU).
+    "a view of a leaf Variable that requires grad is being used in an in-place operation" (seen with bitsandbytes 0.50
+    on CPU).
     """
     changed = 0
     for module in model.modules():

@@ -86,7 +86,7 @@ MISMATCH_IS_CORRECTED_FRAC = "mismatch/is_corrected_frac"
 
 STEP_SECONDS = "time/step"
 TOKENS_PER_SECOND = "throughput/tokens_per_s"
-GENERATE_TOKENS_PER_SECOND = "throughput/generate_tokens_per_s"
+ROLLOUT_TOKENS_PER_SECOND = "throughput/rollout_tokens_per_s"
 
 
 def phase_seconds(phase: str) -> str:

@@ -1,11 +1,12 @@
 """``URPOModule``: one model trained as player and referee in one GRPO loop.
 
-``training_step`` orchestrates the phases of a step and nothing else: render prompts,
-roll out G completions per prompt, let reward callbacks score them (the self-judge generates its judgments there),
-compute group-relative advantages, and update the policy in micro-batches. The step's data is typed in
-:mod:`urpo.episode`, the update loop lives in :mod:`urpo.update`, the math in :mod:`urpo.objective` and
-:mod:`urpo.correction`, the tensor packing in :mod:`urpo.sequences`. Lower modules never see the module itself: they
-get plain values or a small typed context (:class:`~urpo.rewards.base.RewardContext`, :class:`~urpo.update.Ranks`).
+``training_step`` orchestrates the phases of a step (:data:`urpo.timing.PHASES`) and nothing else: ``render`` the
+prompts, ``rollout`` G completions per prompt, ``reward`` them with the reward callbacks (those that ask the model to
+``judge`` generate their judgments there), compute each completion's group-relative ``advantage``, ``update`` the
+policy in micro-batches, and log the step's ``metrics``. The step's data is typed in :mod:`urpo.episode`, the update
+loop lives in :mod:`urpo.update`, the math in :mod:`urpo.objective` and :mod:`urpo.correction`, the tensor packing in
+:mod:`urpo.sequences`. Lower modules never see the module itself: they get plain values or a small typed context
+(:class:`~urpo.rewards.base.RewardContext`, :class:`~urpo.update.Ranks`).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class URPOModule(L.LightningModule):
                 lambda: self.policy, self.tokenizer, self.vllm_args,
                 precision=lambda: self.trainer.precision if self._trainer is not None else None,
                 rank=lambda: self.global_rank,
-            )  # fmt: skip
+            )
         raise ConfigError(f"engine {self.engine_name!r} is not available in this build (install the extra)")
 
     def _max_over_ranks(self, value: int) -> int:
@@ -200,28 +201,29 @@ class URPOModule(L.LightningModule):
 
     def training_step(self, batch: Sequence[Row], batch_idx: int) -> None:
         step = self.global_step  # the step metrics.csv files this batch under (the optimizer step raises it)
-        timer = PhaseTimer()
-        with timer("generate"):
-            episodes = self.rollout(batch, batch_idx)
-        with timer("score"):
-            rewards, reward_metrics = self.score(episodes, timer)  # [N, G]
+        timer = PhaseTimer()  # the phases, by the names of urpo.timing.PHASES
+        episodes = self.rollout(batch, batch_idx, timer)  # render, rollout
+        with timer("reward"):
+            rewards, reward_metrics = self.score(episodes, timer)  # [N, G]; the referee's generation is 'judge'
         sampled, sampled_rewards = episodes, rewards
-        episodes, rewards, selection_metrics = self._dynamic_sampling(batch, episodes, rewards)  # [K, G]
-        advantages = group_advantages(
-            rewards, scale=self.grpo.advantage_scale, leave_one_out=self.grpo.leave_one_out
-        )  # [N, G]
-        sequences = self.build_sequences(episodes, rewards, advantages)
+        with timer("advantage"):
+            episodes, rewards, selection_metrics = self._dynamic_sampling(batch, episodes, rewards)  # [K, G]
+            advantages = group_advantages(
+                rewards, scale=self.grpo.advantage_scale, leave_one_out=self.grpo.leave_one_out
+            )  # [N, G]
         skipped_before = self.skipped_steps
         with timer("update"):
+            sequences = self.build_sequences(episodes, rewards, advantages)
             reported = all(e.engine_logprobs is not None for e in episodes)
             update_metrics = self.update(sequences, engine_logprobs=reported)
-        # Rewards and lengths describe every sampled group (what the policy does), the update the kept ones.
-        metrics = step_metrics.step_metrics(sampled, sampled_rewards, advantages, self.tokenizer, self.sampling)
-        metrics.update(selection_metrics)
-        outcome = progress.outcome(update_metrics, self.skipped_steps - skipped_before, self.grpo.num_iterations)
-        self.progress.record(outcome, metrics[keys.REWARD_MISSING_FRAC], [r.name for r in self.rewards])
-        metrics.update(reward_metrics)
-        metrics.update(update_metrics)
+        with timer("metrics"):
+            # Rewards and lengths describe every sampled group (what the policy does), the update the kept ones.
+            metrics = step_metrics.step_metrics(sampled, sampled_rewards, advantages, self.tokenizer, self.sampling)
+            metrics.update(selection_metrics)
+            outcome = progress.outcome(update_metrics, self.skipped_steps - skipped_before, self.grpo.num_iterations)
+            self.progress.record(outcome, metrics[keys.REWARD_MISSING_FRAC], [r.name for r in self.rewards])
+            metrics.update(reward_metrics)
+            metrics.update(update_metrics)
         metrics.update(timer.metrics(completion_tokens=metrics[keys.COMPLETION_TOKENS]))
         metrics[keys.SKIPPED_STEPS] = float(self.skipped_steps)
         metrics[keys.LEARNING_RATE] = float(self.optimizers().param_groups[0]["lr"])
@@ -257,24 +259,30 @@ class URPOModule(L.LightningModule):
         finite = {keys.held_out(split, k): v for k, v in kept.items()}
         self.log_dict(finite, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
-    def rollout(self, rows: Sequence[Row], batch_idx: int = 0) -> list[Episode]:
-        """Render every row's prompt and sample G completions for all of them in one engine call.
+    def rollout(self, rows: Sequence[Row], batch_idx: int = 0, timer: PhaseTimer | None = None) -> list[Episode]:
+        """Render every row's prompt and sample G completions for all of them in one engine call (the phases
+        ``render`` and ``rollout`` of ``timer``).
 
         When some group shows its completions different prompts (mirrored preference orders), the call asks for
         one sample of each completion's own prompt; for the HF engine that is the very same batch as G samples of
         each prompt, since it repeats every prompt G times itself.
         """
+        timer = timer or PhaseTimer()
         rng = random.Random(f"{self.seed}:{self.global_step}:{self.global_rank}:{batch_idx}")
         g = self.grpo.num_generations
-        episodes = [self.render(row, rng) for row in rows]
-        per_completion = [self._completion_messages(e) for e in episodes]
-        shared = all(all(m is msgs[0] for m in msgs) for msgs in per_completion)
+        with timer("render"):
+            episodes = [self.render(row, rng) for row in rows]
+            per_completion = [self._completion_messages(e) for e in episodes]
+            shared = all(all(m is msgs[0] for m in msgs) for msgs in per_completion)
+            if shared:  # one prompt per group, sampled G times
+                texts, n = [render_chat(self.tokenizer, e.messages) for e in episodes], g
+            else:  # one prompt per completion
+                texts, n = [render_chat(self.tokenizer, m) for msgs in per_completion for m in msgs], 1
+        with timer("rollout"):
+            out = self.engine.generate(texts, n, self.sampling)
         if shared:
-            out = self.engine.generate([render_chat(self.tokenizer, e.messages) for e in episodes], g, self.sampling)
             prompt_ids = [[ids] * g for ids in out.prompt_ids]
         else:
-            texts = [render_chat(self.tokenizer, m) for msgs in per_completion for m in msgs]
-            out = self.engine.generate(texts, 1, self.sampling)
             prompt_ids = [out.prompt_ids[i * g : (i + 1) * g] for i in range(len(episodes))]
         for i, episode in enumerate(episodes):
             group = slice(i * g, (i + 1) * g)

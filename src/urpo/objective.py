@@ -21,7 +21,7 @@ __all__ = [
     "AdvantageScale", "ImportanceLevel", "KLEstimator", "LossAggregation", "PolicyLossOutput", "aggregate",
     "entropy_from_logits", "group_advantages", "importance_ratio", "kl_penalty", "masked_mean", "policy_loss",
     "sequence_log_ratio",
-]  # fmt: skip
+]
 
 AdvantageScale = Literal["group", "batch", "none"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -139,10 +139,7 @@ def group_advantages(
     count = valid.sum(dim=1, keepdim=True).to(rewards.dtype)  # [N, 1]
     total = values.sum(dim=1, keepdim=True)  # [N, 1]
     mean = total / count.clamp(min=1)  # [N, 1]
-    if leave_one_out:
-        baseline = (total - values) / (count - 1).clamp(min=1)  # [N, G]
-    else:
-        baseline = mean.expand_as(values)  # [N, G]
+    baseline = (total - values) / (count - 1).clamp(min=1) if leave_one_out else mean.expand_as(values)  # [N, G]
     centred = values - baseline  # [N, G]
     if scale != "none":
         if scale == "group":
@@ -235,7 +232,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
 def aggregate(
     values: Tensor, mask: Tensor, mode: LossAggregation, num_tokens: float | Tensor,
     num_sequences: float | Tensor, max_completion_length: int,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Reduce per-token values to this micro-batch's contribution to the loss of a whole optimizer step.
 
     The counts are those of the *whole step* (all micro-batches of its gradient accumulation), so the sum of the
@@ -296,7 +293,7 @@ class PolicyLossOutput:
 def _validate_policy_args(
     logp: Tensor, advantages: Tensor, eps_low: float, eps_high: float, dual_clip: float | None,
     ref_logp: Tensor | None, beta: float,
-) -> None:  # fmt: skip
+) -> None:
     if advantages.shape != logp.shape[:1]:
         raise ConfigError(f"advantages must have shape [B] = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}")
     if eps_low < 0 or eps_high < 0:

@@ -54,11 +54,11 @@ PANELS: tuple[Panel, ...] = (
     Panel("accuracy and agreement", r"^reward/(?P<label>.+(?:accuracy|agreement|consistency))$", "share", share=True),
     Panel("referee parse failures", r"^reward/(?P<label>.+parse_failure_rate)$", "share of outputs", share=True),
     Panel("zero-variance groups (zero advantage)", r"^groups/(?P<label>.*zero_variance_frac)$", "share of groups",
-          share=True),  # fmt: skip
+          share=True),
     Panel("policy entropy", r"^train/(?P<label>entropy)$", "nats per token"),
     Panel("KL to the reference", r"^train/(?P<label>kl)$", "KL estimate"),
     Panel("completion length", r"^completion/(?P<label>length_mean|length_max|max_new_tokens)$", "tokens",
-          dashed=("max_new_tokens",)),  # fmt: skip
+          dashed=("max_new_tokens",)),
     Panel("truncated completions", r"^completion/(?P<label>truncated_frac)$", "share of completions", share=True),
 )
 
@@ -105,7 +105,7 @@ def draw_curves(metrics: str | Path, output: str | Path | None = None, title: st
     if not chosen:
         wanted = "reward/<kind>_mean, groups/zero_variance_frac, train/entropy, completion/length_mean"
         raise DataError(f"none of the columns urpo plots ({wanted}, ...): is this the metrics of a urpo run?",
-                        source=str(metrics))  # fmt: skip
+                        source=str(metrics))
     columns = min(3, len(chosen))
     rows = math.ceil(len(chosen) / columns)
     figure = figure_class(figsize=(4.8 * columns, 3.2 * rows + 0.4), layout="constrained")
@@ -132,13 +132,13 @@ def _draw_panel(ax: Any, panel: Panel, lines: list[tuple[str, str]], series: Ser
         dashed = label in panel.dashed
         marker = "o" if len(steps) <= 30 and not dashed else None  # a short run: show every logged point
         (line,) = ax.plot(steps, values, label=label, marker=marker, markersize=3, linewidth=1.4,
-                          linestyle="--" if dashed else "-")  # fmt: skip
+                          linestyle="--" if dashed else "-")
         spread = series.get(name[: -len("_mean")] + "_std") if panel.band and name.endswith("_mean") else None
         if spread is not None:
             std = dict(zip(*spread))
             shared = [(s, v, std[s]) for s, v in zip(steps, values) if s in std]
             ax.fill_between([s for s, _, _ in shared], [v - d for _, v, d in shared], [v + d for _, v, d in shared],
-                            color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_title(panel.title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers, even in a 2-step run
@@ -213,7 +213,7 @@ class CurvesCallback(Callback):
             except Exception as err:  # noqa: BLE001 - a picture must never fail a training run
                 self.note = "not drawn (see the warning)"
                 warnings.warn(f"urpo: could not draw the curves of {logger.log_dir}: {type(err).__name__}: {err}"
-                              f" (`urpo plot {logger.log_dir}` redraws them)", stacklevel=2)  # fmt: skip
+                              f" (`urpo plot {logger.log_dir}` redraws them)", stacklevel=2)
         if self.paths:
             self.note = ", ".join(str(p) for p in self.paths)
         return self.paths

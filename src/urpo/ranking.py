@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 
 Tiers = tuple[tuple[int, ...], ...]
+"""A tiered ranking: groups of item indices, best group first; items within a group are tied."""
 
 
 def borda_scores(judgments: Sequence[Tiers], n: int) -> list[float | None]:

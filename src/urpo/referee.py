@@ -22,6 +22,7 @@ import torch
 
 from urpo.errors import ConfigError
 from urpo.prompts import render_chat
+from urpo.timing import timed
 from urpo.ranking import (  # re-exported: part of the referee's public API
     Tiers,
     agreement,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from urpo.rollout import RolloutEngine, SamplingArgs
-
-"""A tiered ranking: groups of item indices, best group first; items within a group are tied."""
 
 MAX_LABELS = 26
 """Responses are labelled A..Z, so one judgment shows at most 26."""
@@ -255,7 +254,8 @@ class RefereeTemplate:
         if len(instruction) > width:
             instruction = instruction[: width - 3] + "..."
         return (
-            f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, ties {'allowed' if self.allow_ties else 'not allowed'}, "
+            f"RefereeTemplate(format {self.open_tag}...{self.close_tag}, "
+            f"ties {'allowed' if self.allow_ties else 'not allowed'}, "
             f"reminder {'on' if self.reminder else 'off'}, system prompt {'on' if self.system else 'off'}, "
             f"reply prefix {self.response_prefix!r}, "
             f"instruction {instruction!r})"
@@ -283,7 +283,7 @@ class RefereeTemplate:
         values = {
             "n": str(len(names)), "labels": _spoken(names), "open_tag": self.open_tag, "close_tag": self.close_tag,
             "example": example, "ties_rule": ties_rule, "reference_rule": reference_rule if with_reference else "",
-        }  # fmt: skip
+        }
         return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
 
 
@@ -483,11 +483,9 @@ def generate_judgments(
     if not messages:
         return []
     prompts = [render_chat(tokenizer, m) for m in messages]
-    with torch.no_grad():  # judgments are never trained on; also covers engines that do not disable gradients
+    # Judgments are never trained on (no_grad also covers engines that do not disable gradients).
+    with timed("judge"), torch.no_grad():
         return list(engine.generate(prompts, n, sampling).texts)
-
-
-# --- Rewards from rankings ---------------------------------------------------------------------------------
 
 
 __all__ = [
@@ -496,4 +494,4 @@ __all__ = [
     "RefereeTemplate", "Tiers", "TRUNCATION_MARKER", "Verdict", "agreement", "borda_scores", "exact_match",
     "generate_judgments", "is_echo", "kendall_tau", "pairwise_accuracy", "parse_ranking", "prompt_text",
     "read_verdict", "sanitize_response", "shuffled_order", "to_original", "top1_correct",
-]  # fmt: skip
+]

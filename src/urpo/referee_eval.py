@@ -89,7 +89,7 @@ class SubsetStats:
             "parse_failures": self.judgments - self.parsed,
             "parse_failure_rate": rate(self.judgments - self.parsed, self.judgments),
             "parse_failure_reasons": {r: self.failures.get(r, 0) for r in PARSE_FAILURE_REASONS},
-        }  # fmt: skip
+        }
 
 
 def load_rows(path: str, adapter: str, limit: int | None = None) -> tuple[list[PreferenceRow], list[str], int]:
@@ -148,7 +148,7 @@ def judging_prompts(
 def evaluate_referee(
     rows: Sequence[PreferenceRow], subsets: Sequence[str], generate: Generate, template: RefereeTemplate,
     render: Callable[[list], str],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Judges every row in both orders with ``generate`` and returns the report (``overall`` and ``subsets``)."""
     prompts = judging_prompts(rows, template, render)
     texts = generate(prompts)
@@ -211,7 +211,7 @@ def format_table(report: dict[str, Any]) -> str:
     """A small console table: one line per subset, then the overall line."""
     columns = (
         "rows", "accuracy", "accuracy_parsed", "position_consistency", "consistent_accuracy", "parse_failure_rate"
-    )  # fmt: skip
+    )
     heads = ("subset", "rows", "acc", "acc(parsed)", "consistency", "consistent acc", "parse fail")
     lines = [*report["subsets"].items(), ("OVERALL", report["overall"])]
     width = max(len(h) for h in [heads[0], *(name for name, _ in lines)])
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": args.model, "data": args.data, "adapter": args.adapter, "limit": args.limit,
         "skipped_records": len(skips), "decoding": decoding,
         "max_new_tokens": args.max_new_tokens, "allow_ties": args.allow_ties, "orders": list(ORDERS),
-    }  # fmt: skip
+    }
     add_skips(report, skips)
     print(format_table(report))
     if args.output is not None:

@@ -35,7 +35,7 @@ STEPS, ROWS_PER_STEP, G, LR = 30, 16, 8, 1e-3
 TRACKED = (
     "reward/preference_mean", "groups/preference_zero_variance_frac", "reward/preference_group_spread",
     "reward/preference_reward/parse_failure_rate", "reward/preference_reward/first_shown_top", "train/entropy",
-)  # fmt: skip
+)
 
 
 class History(L.Callback):
@@ -86,7 +86,7 @@ def run_referee_world(folder, seed: int) -> dict:
         grpo=GRPOArgs(num_generations=G), sampling=SamplingArgs(max_new_tokens=10), referee=worlds.REFEREE,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
-    )  # fmt: skip
+    )
     module.configure_model()
     before = worlds.judging_accuracy(module.policy, module.tokenizer, held_rows)
     rng = random.Random(seed)
@@ -95,7 +95,7 @@ def run_referee_world(folder, seed: int) -> dict:
     trainer = L.Trainer(
         accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=1, callbacks=[history],
-    )  # fmt: skip
+    )
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
     after = worlds.judging_accuracy(module.policy, module.tokenizer, held_rows)
     return {"before": before, "after": after, "history": history.steps}

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from tests.learning.worlds import JudgeRoutingEngine, NoisyTruthJudge, digit_share, open_quality, open_rows, split_pairs
 from urpo.config import GRPOArgs, LoggingArgs
 from urpo.models import ModelArgs
-from urpo.referee import RefereeTemplate
 from urpo.module import URPOModule
+from urpo.referee import RefereeTemplate
 from urpo.rewards import SelfJudge
 from urpo.rollout import SamplingArgs
 
@@ -73,7 +73,7 @@ def run_world(model_dir: str, seed: int) -> dict[str, float]:
         model=ModelArgs(name_or_path=model_dir), rewards=[probe], grpo=GRPOArgs(num_generations=G),
         sampling=SamplingArgs(max_new_tokens=MAX_NEW_TOKENS), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
-    )  # fmt: skip
+    )
     module.configure_model()
     held_rows = open_rows(held, "held")
     before = open_quality(module.policy, module.tokenizer, held_rows, samples=4, max_new_tokens=MAX_NEW_TOKENS, seed=seed)
@@ -82,13 +82,13 @@ def run_world(model_dir: str, seed: int) -> dict[str, float]:
     trainer = L.Trainer(
         accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
-    )  # fmt: skip
+    )
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
     after = open_quality(module.policy, module.tokenizer, held_rows, samples=4, max_new_tokens=MAX_NEW_TOKENS, seed=seed)
     return {
         "agreement": truth_agreement(probe.groups), "random_share": judge.random_judgments / judge.judgments,
         "accuracy_before": before[0], "accuracy_after": after[0], "quality_before": before[1], "quality_after": after[1],
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ class JudgeRoutingEngine:
             prompt_ids=[encode(p) for p in prompts],
             completion_ids=[encode(t) + [tokenizer.eos_token_id] for t in texts],
             texts=texts, finish_reasons=["stop"] * len(texts),
-        )  # fmt: skip
+        )
 
     def sync_weights(self) -> None:
         self.policy_engine.sync_weights()

@@ -63,7 +63,7 @@ def fake_context(
     return RewardContext(
         engine=engine, tokenizer=WordTokenizer(), referee=template or RefereeTemplate(),
         sampling=SamplingArgs(max_new_tokens=64), rewards=tuple(rewards),
-    )  # fmt: skip
+    )
 
 
 def shown_responses(prompt: str) -> list[str]:

@@ -19,6 +19,7 @@ from urpo.module import URPOModule
 from urpo.rewards import MathVerifier, PreferenceReward, RewardCallback, RewardResult, SelfJudge
 from urpo.rewards.base import Episode
 from urpo.rollout import SamplingArgs
+from urpo.timing import PHASES
 
 G = 3
 
@@ -68,7 +69,7 @@ def make_module(
         grpo=GRPOArgs(num_generations=G, preference_orders=preference_orders),
         sampling=SamplingArgs(max_new_tokens=8), logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
-    )  # fmt: skip
+    )
     module.configure_model()
     return module
 
@@ -77,7 +78,7 @@ def fit_one_step(module: URPOModule, tmp_path) -> dict[str, float]:
     trainer = L.Trainer(
         max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    )
     trainer.fit(module, train_dataloaders=DataLoader([rows()], batch_size=None, collate_fn=lambda batch: batch))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -121,9 +122,10 @@ def test_one_training_step_with_all_kinds_updates_the_model(tiny_model_dir: str,
     metrics = fit_one_step(module, tmp_path)
     # Verifiable groups differ in length, so the length penalty alone gives them nonzero advantages.
     assert changed_fraction(before, module.policy) > 0.5
-    for key in ("time/generate", "time/reward_self_judge", "time/reward_preference_reward", "time/reward_math_verifier",
+    assert {f"time/{phase}" for phase in PHASES} <= set(metrics)  # every phase, judge included (two judging rewards)
+    for key in ("time/reward/self_judge", "time/reward/preference_reward", "time/reward/math_verifier",
                 "reward/self_judge/parse_failure_rate", "reward/preference_reward/parse_failure_rate",
-                "reward/length_penalty/chars_mean", "rows/open", "rows/preference", "rows/verifiable"):  # fmt: skip
+                "reward/length_penalty/chars_mean", "rows/open", "rows/preference", "rows/verifiable"):
         assert key in metrics, key
     print({k: round(v, 4) for k, v in metrics.items() if k.startswith("time/")})
 

@@ -64,7 +64,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "judging_curve": [(h["step"], h["referee_accuracy"]) for h in history],
         "judging_gain": history[-1]["referee_accuracy"] - history[0]["referee_accuracy"],
         "seconds": result["seconds"],
-    }  # fmt: skip
+    }
 
 
 def solve_prompt(prompt: str) -> int:
@@ -104,7 +104,7 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     n = len(texts)
     return {"judging_accuracy": right / n, "own_answer_right": own_right / n,
             "accuracy_when_own_right": right_own_right / max(own_right, 1),
-            "names_first_shown_first": first_named_a / n}  # fmt: skip
+            "names_first_shown_first": first_named_a / n}
 
 
 def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) -> Path:
@@ -135,19 +135,40 @@ def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) 
     return out
 
 
+TABLE_HEAD = (
+    "variant",
+    "settings",
+    "seed",
+    "zero-variance groups",
+    "reward spread",
+    "sampled acc. (first → last third)",
+    "held-out judging (start → end)",
+    "gain (points)",
+)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _table_row(row: dict[str, Any]) -> list[str]:
+    every, first, last, curve = row["all_steps"], row["first_third"], row["last_third"], row["judging_curve"]
+    spread = "n/a" if every["group_spread"] is None else f"{every['group_spread']:.3f}"
+    return [
+        row["variant"],
+        json.dumps(row["settings"]) or "{}",
+        str(row["seed"]),
+        _percent(every["zero_variance_frac"]),
+        spread,
+        f"{_percent(first['sampled_accuracy'])} → {_percent(last['sampled_accuracy'])}",
+        f"{_percent(curve[0][1])} → {_percent(curve[-1][1])}",
+        f"{100 * row['judging_gain']:+.1f}",
+    ]
+
+
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
-    head = ["variant", "settings", "seed", "zero-variance groups", "reward spread", "sampled acc. (first → last third)",
-            "held-out judging (start → end)", "gain (points)"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in rows.items():
-        every, f, last = row["all_steps"], row["first_third"], row["last_third"]
-        curve = row["judging_curve"]
-        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
-        lines.append("| " + " | ".join([
-            row["variant"], json.dumps(row["settings"]) or "{}", str(row["seed"]), pct(every["zero_variance_frac"]),
-            "n/a" if every["group_spread"] is None else f"{every['group_spread']:.3f}", f"{pct(f['sampled_accuracy'])} → {pct(last['sampled_accuracy'])}",
-            f"{pct(curve[0][1])} → {pct(curve[-1][1])}", f"{100 * row['judging_gain']:+.1f}",
-        ]) + " |")  # fmt: skip
+    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
+    lines += ["| " + " | ".join(_table_row(row)) + " |" for row in rows.values()]
     return "\n".join(lines) + "\n"
 
 
@@ -174,16 +195,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in args.seeds:
             rl = replace(RLConfig(steps=args.steps), **VARIANTS[name])
             tasks[f"{name}/{seed}"] = {"kind": "referee", "seed": seed, "warm_dir": str(args.warm), "files": files,
-                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}")}  # fmt: skip
+                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}")}
     start = time.time()
     results = schedule(tasks, args.workers)
     rows = {key: {"variant": key.split("/")[0], "seed": results[key]["seed"], "settings": VARIANTS[key.split("/")[0]],
-                  **summarize(results[key])} for key in tasks}  # fmt: skip
+                  **summarize(results[key])} for key in tasks}
     for key, task in tasks.items():
         rows[key]["anatomy_after"] = anatomy(task["save_dir"], files)
     warm = anatomy(str(args.warm), files)
     document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows,
-                "warm_anatomy": warm}  # fmt: skip
+                "warm_anatomy": warm}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "diagnosis_position_biased" if args.position_biased else "diagnosis"
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")

@@ -52,7 +52,7 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
             out = model.generate(
                 input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )  # [B, P + T]  # fmt: skip
+            )  # [B, P + T]
             texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
     finally:
         model.train(was_training)
@@ -80,7 +80,7 @@ def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow]) -> float:
     report = evaluate_referee(
         rows, ["all"] * len(rows), lambda prompts: greedy(model, tokenizer, prompts, max_new_tokens=32),
         REFEREE, lambda messages: render_chat(tokenizer, messages),
-    )  # fmt: skip
+    )
     return report["overall"]["accuracy"] or 0.0
 
 

@@ -1,4 +1,4 @@
-"""PNG plots of the evidence: final held-out scores, held-out curves over training, and the open-row rewards' quality."""
+"""PNG plots of the evidence: final held-out scores, held-out curves over training, the open-row rewards' quality."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tools.evidence.report import COLORS, JUDGE_NAMES, METRICS, RUN_LABELS
+from tools.evidence.names import COLORS, JUDGE_NAMES, METRICS, RUN_LABELS
 
 
 def _pyplot():
@@ -29,7 +29,7 @@ def plot_final(summary: dict[str, Any], path: Path) -> None:
             entry = summary[run][metric]
             x = m + (r - (len(RUN_LABELS) - 1) / 2) * width
             ax.bar(x, 100 * entry["mean"], width, yerr=100 * entry["std"], color=COLORS[run], capsize=3,
-                   label=RUN_LABELS[run] if m == 0 else None)  # fmt: skip
+                   label=RUN_LABELS[run] if m == 0 else None)
             ax.scatter([x] * len(entry["values"]), [100 * v for v in entry["values"]], s=8, color="black", zorder=3)
     ax.set_xticks(range(len(METRICS)), list(METRICS.values()))
     ax.set_ylabel("held-out accuracy (%)")
@@ -64,7 +64,7 @@ def plot_curves(results: dict[str, dict], meta: dict[str, Any], path: Path) -> N
             label = "baseline's referee (trained, then frozen)" if run == "referee" else RUN_LABELS[run]
             ax.plot(steps, mean, color=COLORS[run], label=label, linestyle="--" if run == "referee" else "-")
             ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=COLORS[run], alpha=0.15)  # fmt: skip
+                            color=COLORS[run], alpha=0.15)
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.set_ylabel("held-out accuracy (%)")
@@ -115,7 +115,7 @@ def plot_referee(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
     for seed in seeds:
         history = results[f"urpo/{seed}"]["history"]
         axes[0].plot([h["step"] for h in history], [100 * h["referee_accuracy"] for h in history], color=COLORS["urpo"],
-                     alpha=0.35, linewidth=0.9)  # fmt: skip
+                     alpha=0.35, linewidth=0.9)
     for run, label in (("urpo", "URPO (mean; thin: seeds)"), ("referee", "dedicated referee (mean)")):
         steps, mean, _ = _curve(results, run, seeds, "referee_accuracy")
         axes[0].plot(steps, mean, color=COLORS[run], label=label, linewidth=2, marker="o")

@@ -9,19 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-RUN_LABELS = {
-    "warm_start": "Warm start, no RL",
-    "urpo": "URPO (self-judge)",
-    "separate_referee": "Separate frozen referee (paper's baseline)",
-    "verifiable_only": "GRPO, verifiable rows only",
-}
-METRICS = {
-    "open_accuracy": "Open-style accuracy",
-    "verifiable_accuracy": "Verifiable accuracy",
-    "referee_accuracy": "Judging accuracy (trained model)",
-}
-JUDGE_NAMES = {"urpo": "probed_self_judge", "separate_referee": "frozen_judge"}
-COLORS = {"warm_start": "#888888", "urpo": "#1f77b4", "separate_referee": "#d62728", "verifiable_only": "#2ca02c", "referee": "#ff7f0e"}
+from tools.evidence.names import JUDGE_NAMES, METRICS, RUN_LABELS
+from tools.evidence.plots import plot_all
 
 
 def stats(values: Sequence[float]) -> dict[str, Any]:
@@ -59,7 +48,7 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
         summary[run] = {m: stats([p[m] for p in per_seed]) for m in METRICS}
         names = [f"warm_start/{warm_of[s]}" if run == "warm_start" else f"{run}/{s}" for s in seeds]
         summary[run]["seconds"] = stats([results[n]["seconds"] for n in names])
-    # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's the frozen one.
+    # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's is frozen.
     summary["urpo"]["open_referee_accuracy"] = summary["urpo"]["referee_accuracy"]
     summary["separate_referee"]["open_referee_accuracy"] = stats([results[f"referee/{s}"]["final"]["referee_accuracy"] for s in seeds])
     summary["referee"] = {"seconds": stats([results[f"referee/{s}"]["seconds"] for s in seeds])}
@@ -97,10 +86,10 @@ def comparisons(results: dict[str, dict], seeds: list[int], warm_of: dict[int, i
     warm = {s: results[f"warm_start/{warm_of[s]}"]["scores"] for s in seeds}
     final = lambda run, s, m: results[f"{run}/{s}"]["final"][m]  # noqa: E731
     out = {f"{run}_judging_gain": paired_test([final(run, s, "referee_accuracy") - warm[s]["referee_accuracy"] for s in seeds])
-           for run in ("urpo", "referee", "separate_referee", "verifiable_only")}  # fmt: skip
+           for run in ("urpo", "referee", "separate_referee", "verifiable_only")}
     out["urpo_minus_baseline_open"] = paired_test([final("urpo", s, "open_accuracy") - final("separate_referee", s, "open_accuracy") for s in seeds])
     out["urpo_minus_dedicated_referee_judging"] = paired_test(
-        [final("urpo", s, "referee_accuracy") - final("referee", s, "referee_accuracy") for s in seeds])  # fmt: skip
+        [final("urpo", s, "referee_accuracy") - final("referee", s, "referee_accuracy") for s in seeds])
     out["urpo_open_gain"] = paired_test([final("urpo", s, "open_accuracy") - warm[s]["open_accuracy"] for s in seeds])
     return out
 
@@ -119,23 +108,26 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     for run, label in RUN_LABELS.items():
         row = summary[run]
         cells = [label, *(_cell(row[m]) for m in METRICS), _cell(row.get("open_referee_accuracy")),
-                 _cell(row.get("reward_truth_agreement")), _cell(row["seconds"], percent=False)]  # fmt: skip
+                 _cell(row.get("reward_truth_agreement")), _cell(row["seconds"], percent=False)]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(meta["seeds"])
+    warm = (
+        "trained once per seed (seed s: warm start s, then RL seed s), so the spread covers both."
+        if meta["warm_per_seed"]
+        else "shared by all seeds (its greedy scores do not vary: std 0)."
+    )
     notes = [
         "",
         f"Mean ± sample std over {n} seeds ({', '.join(map(str, meta['seeds']))}), in percent; held-out sets of "
         f"{meta['world']['heldout']} problems per operation and {2 * meta['world']['heldout']} preference rows.",
         f"Every RL run: {meta['rl']['steps']} steps x {meta['rl']['prompts_per_step']} prompts x G = "
-        f"{meta['rl']['num_generations']}. The separate referee was trained for the same {meta['rl']['steps']} steps on "
-        "as many preference rows per step as URPO sees, then frozen"
+        f"{meta['rl']['num_generations']}. The separate referee was trained for the same {meta['rl']['steps']} "
+        "steps on as many preference rows per step as URPO sees, then frozen"
         f" (its own run took {_cell(summary['referee']['seconds'], percent=False)} s more).",
-        "The warm start is " + ("trained once per seed (seed s: warm start s, then RL seed s), so the spread covers "
-                                "both." if meta["warm_per_seed"] else
-                                "shared by all seeds (its greedy scores do not vary: std 0)."),
+        f"The warm start is {warm}",
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es).",
         *([meta["note"]] if meta.get("note") else []),
-    ]  # fmt: skip
+    ]
     return "\n".join(lines + notes + judging_table(summary.get("judging_curves", {}), meta) + claims_table(summary)) + "\n"
 
 
@@ -146,13 +138,13 @@ def judging_curves(results: dict[str, dict], seeds: list[int]) -> dict[str, list
         histories = [results[f"{run}/{s}"]["history"] for s in seeds]
         points = min(len(h) for h in histories)
         curves[run] = [{"step": histories[0][i]["step"], **stats([h[i]["referee_accuracy"] for h in histories])}
-                       for i in range(points)]  # fmt: skip
+                       for i in range(points)]
     return curves
 
 
 JUDGING_LABELS = {"urpo": "URPO (one model, all kinds)", "referee": "Dedicated referee (preference rows only)",
                   "separate_referee": "Baseline's policy (judged by the frozen referee)",
-                  "verifiable_only": "GRPO, verifiable rows only"}  # fmt: skip
+                  "verifiable_only": "GRPO, verifiable rows only"}
 
 
 def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[str]:
@@ -161,7 +153,7 @@ def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
         return []
     steps = [p["step"] for p in curves["urpo"]]
     lines = ["", "Held-out judging accuracy during training (greedy, both presentation orders; mean ± std, %):", "",
-             "| Run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]  # fmt: skip
+             "| Run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for run, points in curves.items():
         lines.append(f"| {JUDGING_LABELS[run]} | " + " | ".join(_cell(p) for p in points) + " |")
     return lines
@@ -183,11 +175,12 @@ def claims_table(summary: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["", "Paired differences per seed (points; a seed's runs share its warm start), one-sided t-test at 5%:", "",
-             "| Difference | mean ± std | seeds > 0 | t | mean > 0 at 5%? |", "|---|---|---|---|---|"]  # fmt: skip
+             "| Difference | mean ± std | seeds > 0 | t | mean > 0 at 5%? |", "|---|---|---|---|---|"]
     for key, label in CLAIMS.items():
         entry = rows[key]
         t = "n/a" if entry["t"] is None else f"{entry['t']:.2f}"
-        lines.append(f"| {label} | {_cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {'yes' if entry['significant'] else 'no'} |")
+        significant = "yes" if entry["significant"] else "no"
+        lines.append(f"| {label} | {_cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {significant} |")
     return lines
 
 
@@ -234,7 +227,5 @@ def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> d
     document = {"meta": meta, "summary": _rounded(summary), "runs": compact(results)}
     (out / "results.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
     (out / "results.md").write_text(markdown_table(summary, meta))
-    from tools.evidence.plots import plot_all
-
     plot_all(document["runs"], summary, meta, out)
     return document

@@ -3,7 +3,8 @@
 Builds the arithmetic world (:mod:`tools.evidence.world`); for every seed, a warm start of that seed
 (:mod:`tools.evidence.warm_start`, gated: it must reach its solving and judging targets before RL starts), then
 URPO, the separate frozen referee and the policy it rewards (the paper's baseline), and verifiable-only GRPO, all
-from that warm start on the same budget and with the same seed; scores every run on the held-out sets and writes ``results.json``, ``results.md`` and plots to ``docs/evidence/`` (see :mod:`tools.evidence.report`).
+from that warm start on the same budget and with the same seed; scores every run on the held-out sets and writes
+``results.json``, ``results.md`` and plots to ``docs/evidence/`` (see :mod:`tools.evidence.report`).
 
 Runs go to ``--workers`` processes of one thread each (2 fit a 2-core machine); whatever the order they finish in,
 the numbers are the same, since every run is seeded and single-threaded.
@@ -32,7 +33,7 @@ RUNS = ("warm_start", "urpo", "separate_referee", "verifiable_only")
 
 
 def plan(seeds: list[int], work: Path, files: dict[str, str], rl: RLConfig, warm: WarmStartConfig,
-         warm_per_seed: bool, workers: int = 1) -> dict[str, dict[str, Any]]:  # fmt: skip
+         warm_per_seed: bool, workers: int = 1) -> dict[str, dict[str, Any]]:
     """Every task with its dependencies, longest chains first (warm start -> referee -> baseline)."""
     tasks: dict[str, dict[str, Any]] = {}
     common = {"files": files, "rl": asdict(rl)}
@@ -41,12 +42,12 @@ def plan(seeds: list[int], work: Path, files: dict[str, str], rl: RLConfig, warm
         warm_name, warm_dir = f"warm_start/{warm_seed}", str(work / f"warm_start_{warm_seed}")
         threads = 1 if warm_per_seed else workers
         tasks.setdefault(warm_name, {"kind": "warm", "seed": warm_seed, "out": warm_dir, "warm": asdict(warm),
-                                     "threads": threads, "deps": [], **common})  # fmt: skip
+                                     "threads": threads, "deps": [], **common})
         referee_dir = str(work / f"referee_{seed}")
         base = {"seed": seed, "warm_dir": warm_dir, "deps": [warm_name], **common}
         tasks[f"referee/{seed}"] = {"kind": "referee", "save_dir": referee_dir, **base}
         tasks[f"separate_referee/{seed}"] = {**base, "kind": "separate_referee", "referee_dir": referee_dir,
-                                             "deps": [warm_name, f"referee/{seed}"]}  # fmt: skip
+                                             "deps": [warm_name, f"referee/{seed}"]}
         tasks[f"urpo/{seed}"] = {"kind": "urpo", **base}
         tasks[f"verifiable_only/{seed}"] = {"kind": "verifiable_only", **base}
     return tasks
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = schedule(tasks, args.workers)
     meta = {"seeds": args.seeds, "world": asdict(world), "warm_start": asdict(warm), "rl": asdict(rl),
             "warm_per_seed": args.warm_per_seed, "workers": args.workers, "wall_seconds": time.time() - start,
-            "command": "python -m tools.evidence.run " + " ".join(argv if argv is not None else sys.argv[1:])}  # fmt: skip
+            "command": "python -m tools.evidence.run " + " ".join(argv if argv is not None else sys.argv[1:])}
     report = write_report(results, meta, args.out)
     print(f"done in {meta['wall_seconds']:.0f}s; table: {args.out / 'results.md'}")
     print((args.out / "results.md").read_text())

@@ -128,7 +128,7 @@ class StepRecorder(L.Callback):
 
 
 def train_run(run: str, seed: int, warm_dir: str, files: dict[str, str], cfg: RLConfig,
-              referee_dir: str | None = None, save_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
+              referee_dir: str | None = None, save_dir: str | None = None) -> dict[str, Any]:
     """Trains one run and returns its held-out history, per-step reward metrics and wall time."""
     import torch
 
@@ -150,7 +150,7 @@ def train_run(run: str, seed: int, warm_dir: str, files: dict[str, str], cfg: RL
         sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
         player=PLAYER, referee=REFEREE, optimizer=partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
-    )  # fmt: skip
+    )
     batch = referee_batch(cfg) if run == "referee" else cfg.prompts_per_step
     data = URPODataModule(
         sources=[SourceSpec(adapter="generic", path=files["train"])], mixture=RUN_MIXTURES[run], batch_size=batch, seed=seed
@@ -160,13 +160,13 @@ def train_run(run: str, seed: int, warm_dir: str, files: dict[str, str], cfg: RL
         accelerator="cpu", devices=1, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluator, recorder],
         limit_val_batches=0, num_sanity_val_steps=0,
-    )  # fmt: skip
+    )
     trainer.fit(module, datamodule=data)
     if save_dir is not None:
         module.policy.save_pretrained(save_dir)
         module.tokenizer.save_pretrained(save_dir)
     return {"run": run, "seed": seed, "history": evaluator.history, "steps": recorder.steps,
-            "final": evaluator.history[-1], "seconds": time.time() - start, "config": asdict(cfg)}  # fmt: skip
+            "final": evaluator.history[-1], "seconds": time.time() - start, "config": asdict(cfg)}
 
 
 def evaluate_model(model_dir: str, files: dict[str, str], cfg: RLConfig) -> dict[str, float]:
@@ -196,7 +196,7 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
         out["scores"] = evaluate_model(task["out"], task["files"], RLConfig(**task["rl"]))
     else:
         out = train_run(kind, task["seed"], task["warm_dir"], task["files"], RLConfig(**task["rl"]),
-                        task.get("referee_dir"), task.get("save_dir"))  # fmt: skip
+                        task.get("referee_dir"), task.get("save_dir"))
     # CPU seconds of this single-threaded process: on a shared machine, close to the wall time it takes on an idle core.
     out["seconds"], out["cpu_seconds"] = time.time() - start, time.process_time() - cpu_start
     return out

@@ -37,15 +37,12 @@ from tools.evidence.world import (
     boxed,
     candidates,
     split_problems,
-)  # fmt: skip
+)
+from tools.tiny_model import CHATML
 from urpo.data.schema import OpenRow
 from urpo.prompts import render_chat
 from urpo.referee import shuffled_order
 
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 WORD_TOKENS = [
     "\\boxed{", "<ranking>", "</ranking>", "[User Prompt]", "[End of User Prompt]",
     *(f"[{end}Response {label}]" for label in "ABCD" for end in ("", "End of ")),
@@ -96,7 +93,8 @@ def tokenizer_corpus(problems: list[Problem], rng: random.Random) -> list[str]:
         values = candidates(problem, 2, True, rng)
         texts.append(problem.prompt + " " + boxed(problem.truth))
         texts += [m["content"] for m in REFEREE.messages(problem.prompt, [boxed(v) for v in values], [0, 1])]
-        texts.append(f"<|im_start|>assistant\n{boxed(problem.truth)} {boxed(values[0])} no {boxed(values[1])} yes <ranking>B > A</ranking>")
+        answers = f"{boxed(problem.truth)} {boxed(values[0])} no {boxed(values[1])} yes"
+        texts.append(f"<|im_start|>assistant\n{answers} <ranking>B > A</ranking>")
     return texts
 
 
@@ -120,7 +118,7 @@ def build_tokenizer(problems: list[Problem], seed: int):
     trainer = trainers.BpeTrainer(
         vocab_size=384, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+    )
     tok.train_from_iterator(tokenizer_corpus(problems, random.Random(seed)), trainer)
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in WORD_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
@@ -141,7 +139,7 @@ def build_model(tokenizer, cfg: WarmStartConfig, seed: int):
         num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )  # fmt: skip
+    )
     return Qwen2ForCausalLM(config)
 
 
@@ -254,13 +252,13 @@ def check_set(split: Split, world: WorldConfig):
         open=[truth_record(p) for p in split.get("check", OPEN_OP)],
         verifiable=[truth_record(p) for p in split.get("check", VERIFIABLE_OP)],
         preference=[adapt_generic(r, source="check", index=i) for i, r in enumerate(prefs)],
-    )  # fmt: skip
+    )
 
 
 def missed_targets(scores: dict[str, float], cfg: WarmStartConfig) -> list[str]:
     """The targets a warm start's check scores miss, as readable lines (empty: it may start RL)."""
     wanted = {"open_accuracy": cfg.target_solve, "verifiable_accuracy": cfg.target_solve,
-              "referee_accuracy": cfg.target_judge}  # fmt: skip
+              "referee_accuracy": cfg.target_judge}
     return [f"{k} {scores[k]:.3f} < {v:.2f}" for k, v in wanted.items() if scores[k] < v]
 
 
@@ -284,9 +282,10 @@ def train(model, tokenizer, split: Split, cfg: WarmStartConfig, seed: int, world
         checks.append({"step": len(losses), **scores})
         if not missed_targets(scores, cfg):
             return {"losses": losses, "checks": checks}
+    missed = ", ".join(missed_targets(checks[-1], cfg))
     raise WarmStartError(
-        f"warm start (seed {seed}) missed its targets after {len(losses)} steps: "
-        + ", ".join(missed_targets(checks[-1], cfg)) + f" on the check set; every check: {checks}"
+        f"warm start (seed {seed}) missed its targets after {len(losses)} steps: {missed} on the check set; "
+        f"every check: {checks}"
     )
 
 
@@ -319,7 +318,7 @@ def build_warm_start(out: Path, seed: int = 0, cfg: WarmStartConfig = WarmStartC
     tokenizer.save_pretrained(out)
     losses = trained["losses"]
     record.update({"train_steps": len(losses), "checks": trained["checks"], "final_loss": sum(losses[-20:]) / min(20, len(losses)),
-                   "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - start})  # fmt: skip
+                   "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - start})
     stamp.write_text(json.dumps(record, indent=1))
     return record
 

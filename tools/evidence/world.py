@@ -143,7 +143,7 @@ def preference_record(problem: Problem, values: Sequence[int]) -> dict:
     return {
         "kind": "preference", "prompt": problem.prompt,
         "responses": [boxed(v) for v in values], "scores": utilities(problem, values),
-    }  # fmt: skip
+    }
 
 
 def preference_records(problems: Sequence[Problem], cfg: WorldConfig, rng: random.Random) -> Iterator[dict]:
@@ -191,7 +191,7 @@ def write_world(folder: Path, cfg: WorldConfig = WorldConfig()) -> dict[str, Pat
         "eval_open": write_jsonl(folder / "eval_open.jsonl", [truth_record(p) for p in split.get("heldout", OPEN_OP)]),
         "eval_verifiable": write_jsonl(folder / "eval_verifiable.jsonl", [truth_record(p) for p in split.get("heldout", VERIFIABLE_OP)]),
         "eval_preference": write_jsonl(folder / "eval_preference.jsonl", list(preference_records(split.get("heldout"), cfg, rng))),
-    }  # fmt: skip
+    }
     return files
 
 

@@ -131,7 +131,7 @@ class URPODataModule(L.LightningDataModule):
             warnings.warn(
                 f"data.mixture {self.mixture} sums to {sum(v for v in self.mixture.values() if v > 0):g}, not 1: "
                 f"batches get the shares {rescaled} ({self.quotas} rows of batch_size {batch_size})", stacklevel=2
-            )  # fmt: skip
+            )
         self.mixer: Mixer | None = None
         self.skips = SkipReport()
         self.counters: dict[str, float] = {}
@@ -190,7 +190,7 @@ class URPODataModule(L.LightningDataModule):
                     f"data: {kind} sources hold {rows} row(s) (this rank), fewer than the {self.quotas[kind]} {kind} "
                     "rows of every batch: each batch repeats the same rows; add rows or lower batch_size/mixture",
                     stacklevel=2,
-                )  # fmt: skip
+                )
 
     def _cursors(self, spec: SourceSpec, number: int, rank: int, world: int) -> list[tuple[RowKind, Cursor]]:
         """One cursor per kind the source holds (a ``generic`` source may hold all three)."""

@@ -113,6 +113,3 @@ def message_turns(messages: Any, where: Where, field: str) -> list[tuple[str, st
     if not turns:
         raise where.fail(field, "conversation has no messages")
     return turns
-
-
-# ---------------------------------------------------------------- verifiable

@@ -32,7 +32,6 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, Protocol
 
-from urpo.data.schema import OpenRow, PreferenceRow, Row, RowKind, VerifiableRow
 from urpo.boxed import last_boxed
 from urpo.data.fields import (
     Where,
@@ -48,6 +47,7 @@ from urpo.data.fields import (
     render_conversation,
     short,
 )
+from urpo.data.schema import OpenRow, PreferenceRow, Row, RowKind, VerifiableRow
 
 AdapterName = Literal[
     "gsm8k", "math", "hh_rlhf", "ultrafeedback", "alpaca_eval_annotations", "instructions", "messages",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 from urpo.errors import DataError
 
@@ -90,7 +90,7 @@ class PreferenceRow(BaseRow):
                 raise self._fail(
                     "responses", f"responses {j} and {i} are identical but scored {self.scores[j]} and {self.scores[i]}: "
                     "no judge can tell them apart"
-                )  # fmt: skip
+                )
 
     def gold_order(self) -> list[int]:
         """Indices of the responses, best first (ties keep their source order)."""
@@ -107,7 +107,7 @@ class OpenRow(BaseRow):
     kind: ClassVar[RowKind] = "open"
 
 
-Row = Union[VerifiableRow, PreferenceRow, OpenRow]
+Row = VerifiableRow | PreferenceRow | OpenRow
 ROW_TYPES: dict[RowKind, type] = {"verifiable": VerifiableRow, "preference": PreferenceRow, "open": OpenRow}
 
 __all__ = ["ROW_KINDS", "ROW_TYPES", "BaseRow", "OpenRow", "PreferenceRow", "Row", "RowKind", "VerifiableRow"]

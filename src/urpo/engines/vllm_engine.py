@@ -69,9 +69,9 @@ class VLLMArgs:
 
     def __post_init__(self) -> None:
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
-            raise ValueError(f"kv_cache_memory_bytes must be > 0 or None, got {self.kv_cache_memory_bytes}")
+            raise ConfigError(f"kv_cache_memory_bytes must be > 0 or None, got {self.kv_cache_memory_bytes}")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
 
 class VLLMEngine:

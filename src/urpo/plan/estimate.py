@@ -1,7 +1,8 @@
 """Memory and time of one URPO step per rank, from the model's shapes and the run's settings: pure arithmetic.
 
-A step has phases that never overlap: the player's rollout, the referee's judging rollout (self-judge), the update
-(forward and backward of one micro-batch at a time) and the optimizer step. Some memory lives through all of them
+A step's memory is planned over phases that never overlap, named as the step's timers name them (``urpo.timing``):
+``rollout`` (the player's generation), ``judge`` (the self-judge's generation), ``update`` (forward and backward of
+one micro-batch at a time) and the update's optimizer step. Some memory lives through all of them
 (weights, optimizer states, the reference policy, a vLLM engine); the rest belongs to one phase. The peak of a rank is
 the largest phase total. Every term is an upper bound for sequences of the configured lengths: prompts of
 ``data.max_prompt_tokens`` and completions of ``sampling.max_new_tokens`` (real prompts are shorter).
@@ -25,7 +26,7 @@ from urpo.plan.architecture import ModelFacts
 from urpo.plan.setup import RunSetup
 
 GB = 1e9
-PHASES = ("rollout: player", "rollout: referee", "update", "optimizer step")
+PHASES = ("rollout", "judge", "update", "update: optimizer step")
 ALL = frozenset(PHASES)
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 LOGIT_COPIES = 5
@@ -121,7 +122,8 @@ def optimizer_state_bytes(setup: RunSetup, param_bytes: int) -> tuple[float, str
         return 2.0, f"{setup.optimizer}: two 8-bit states"
     if name.startswith("sgd"):
         momentum = float(setup.optimizer_args.get("momentum", 0) or 0)
-        return (param_bytes if momentum else 0.0), f"{setup.optimizer}: {'one momentum buffer' if momentum else 'no state'}"
+        state = "one momentum buffer" if momentum else "no state"
+        return (param_bytes if momentum else 0.0), f"{setup.optimizer}: {state}"
     if name.startswith(("adagrad", "rmsprop", "lion")):
         return float(param_bytes), f"{setup.optimizer}: one state"
     if name.startswith("adafactor"):
@@ -176,7 +178,7 @@ def shapes(setup: RunSetup) -> Shapes:
     prompts = setup.batch_size * judge.judgments_per_group * chunks  # worst case: every row of the batch is open
     judge_completion = judge.max_new_tokens or completion
     return Shapes(prompt, completion, micro, players, min(players, cap), prompts, judge_prompt, judge_completion,
-                  min(prompts, cap))  # fmt: skip
+                  min(prompts, cap))
 
 
 # ---- the memory plan --------------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def _state_terms(setup: RunSetup, facts: ModelFacts, notes: list[str], cuda: boo
             "weights (frozen base)", (quant + rest * 4) / shards,
             f"{_n(facts.layer_linear_params)} linear weights in {bits} bits + {_n(rest)} others in fp32 "
             "(prepare_model_for_kbit_training upcasts them)",
-        ))  # fmt: skip
+        ))
     else:
         terms.append(Term("weights (frozen base)", facts.params * wb / shards, f"{_n(facts.params)} x {wb} B{per}"))
     if setup.lora is not None:
@@ -226,15 +228,15 @@ def _state_terms(setup: RunSetup, facts: ModelFacts, notes: list[str], cuda: boo
     terms.append(Term(
         "gradients", grad_copies * train_n * tb / shards,
         f"{_n(train_n)} x {tb} B{per}" + (" x 2 (DDP's bucket copy)" if grad_copies == 2 else ""),
-        frozenset({"update", "optimizer step"}),
-    ))  # fmt: skip
+        frozenset({"update", "update: optimizer step"}),
+    ))
     state, why = optimizer_state_bytes(setup, tb)
     terms.append(Term("optimizer states", train_n * state / shards, f"{why}: {_n(train_n)} x {state:g} B{per}"))
     step_temp = train_n * tb / shards if cuda and "8bit" not in setup.optimizer.lower() else 0.0
     terms.append(Term(
         "optimizer step temporaries", step_temp, "foreach kernels: one state-sized buffer (CUDA)",
-        frozenset({"optimizer step"}),
-    ))  # fmt: skip
+        frozenset({"update: optimizer step"}),
+    ))
     terms.append(_reference(setup, facts))
     return terms
 
@@ -255,7 +257,7 @@ def _reference(setup: RunSetup, facts: ModelFacts) -> Term:
 def _engine_terms(setup: RunSetup, facts: ModelFacts, notes: list[str]) -> list[Term]:
     s, gen_b = shapes(setup), compute_bytes(setup, facts)
     kv_token = 2 * facts.num_layers * facts.kv_heads * facts.head_dim * gen_b
-    player, referee = frozenset({"rollout: player"}), frozenset({"rollout: referee"})
+    player, referee = frozenset({"rollout"}), frozenset({"judge"})
     rollout = player | referee
     terms = []
     if setup.fsdp is not None:
@@ -270,17 +272,17 @@ def _engine_terms(setup: RunSetup, facts: ModelFacts, notes: list[str]) -> list[
             terms.append(Term("vLLM KV cache", kv, f"vllm.kv_cache_memory_bytes ({kv / kv_token:,.0f} tokens)"))
         else:
             notes.append(f"vLLM takes gpu_memory_utilization = {setup.vllm.gpu_memory_utilization} of the device "
-                         "for its weights and KV cache (shown against the device's memory)")  # fmt: skip
+                         "for its weights and KV cache (shown against the device's memory)")
         return terms
     terms.append(_generation("player", s.player_call, s.prompt, s.completion, kv_token, gen_b, facts, player))
     if s.judge_prompts:
         terms.append(_generation("referee", s.judge_call, s.judge_prompt, s.judge_completion, kv_token, gen_b, facts,
-                                 referee))  # fmt: skip
+                                 referee))
     return terms
 
 
 def _generation(who: str, call: int, prompt: int, new: int, kv_token: int, b: int, facts: ModelFacts,
-                phases: frozenset[str]) -> Term:  # fmt: skip
+                phases: frozenset[str]) -> Term:
     kv = call * (prompt + new) * kv_token
     # Prefill of one layer at a time: q, k, v and attention output (~4 h) and the MLP's gate, up and product (3 i).
     prefill = call * prompt * (4 * facts.hidden + 3 * facts.intermediate) * b
@@ -290,7 +292,7 @@ def _generation(who: str, call: int, prompt: int, new: int, kv_token: int, b: in
         f"KV cache {call} seq x {prompt + new} tok x {kv_token / 1e3:.1f} KB = {kv / GB:.2f} GB "
         f"+ prefill {call} x {prompt} tok = {prefill / GB:.2f} GB",
         phases,
-    )  # fmt: skip
+    )
 
 
 def layer_activation_bytes(facts: ModelFacts, compute_b: int) -> int:
@@ -321,7 +323,7 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
         gathered = facts.root_params * (b + grad_b) + layers * facts.layer_params * b + 2 * facts.layer_params * grad_b
         terms.append(Term("FSDP2 gathered units", gathered,
                           f"root unit + {layers} layers in {b} B" + (f", their gradients in {b}+{rb} B" if grad_b else ""),
-                          update))  # fmt: skip
+                          update))
     elif setup.precision.endswith("-mixed") and setup.lora is None:
         copies = (facts.layer_linear_params + facts.head_params + (facts.embedding_params if facts.head_params == 0 else 0))
         terms.append(Term("autocast weight copies", copies * 2, f"16-bit copies of {_n(copies)} matmul weights", update))
@@ -332,7 +334,7 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
         f"{s.micro_sequences} seq x {s.sequence} tok, {'with' if setup.checkpointing else 'without'} gradient "
         f"checkpointing ({'without' if setup.checkpointing else 'with'}: {other / GB:.2f} GB)",
         update,
-    ))  # fmt: skip
+    ))
     completion = s.micro_sequences * s.completion
     logits = LOGIT_COPIES * completion * facts.vocab * 4
     if b != 4:

@@ -1,8 +1,9 @@
 """Measure a real run's peak memory, to hold ``urpo plan``'s estimate against it.
 
-``PeakMemory`` is a Lightning callback. In ``setup`` (after the tokenizer, before the model is loaded; libraries imported only for the model, such
-as peft, are imported first) it takes the process's baseline and resets the peak counter; when training ends it reads the peak and writes both, with the step
-times and token counts of the run, to a JSON file. On CUDA the figures are the caching allocator's
+``PeakMemory`` is a Lightning callback. In ``setup`` (after the tokenizer, before the model is loaded; libraries
+imported only for the model, such as peft, are imported first) it takes the process's baseline and resets the peak
+counter; when training ends it reads the peak and writes both, with the step times and token counts of the run, to a
+JSON file. On CUDA the figures are the caching allocator's
 (``torch.cuda.max_memory_allocated``, plus ``max_memory_reserved``); on CPU they are the process's resident set
 (``VmRSS`` / ``VmHWM`` of ``/proc/self/status``; Linux resets the high-water mark through ``/proc/self/clear_refs``).
 
@@ -96,7 +97,7 @@ class PeakMemory(L.Callback):
         self._step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+                           batch_idx: int) -> None:
         if self.figures.get("device") == "cuda":
             torch.cuda.synchronize()
         self._step_seconds.append(time.perf_counter() - self._step_start)
@@ -118,7 +119,7 @@ class PeakMemory(L.Callback):
         if trainer.global_rank != 0:
             return
         print(f"urpo memory: peak {figures['peak_above_baseline_bytes'] / 1e9:.3f} GB above the baseline before the "
-              f"model loaded ({figures['device']}); steps {', '.join(f'{s:.1f}' for s in self._step_seconds)} s")  # fmt: skip
+              f"model loaded ({figures['device']}); steps {', '.join(f'{s:.1f}' for s in self._step_seconds)} s")
         if self.path is not None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             Path(self.path).write_text(json.dumps(figures, indent=2))

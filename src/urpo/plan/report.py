@@ -86,7 +86,7 @@ def _gb(value: float) -> str:
 def describe_run(setup: RunSetup, facts: ModelFacts) -> list[str]:
     s = shapes(setup)
     strategy = {"fsdp2": f"FSDP2 over {setup.world_size} ranks", "ddp": f"DDP over {setup.world_size} ranks",
-                "single": "one device"}[setup.strategy]  # fmt: skip
+                "single": "one device"}[setup.strategy]
     how = "full fine-tuning" if setup.lora is None else f"LoRA r={setup.lora.r}"
     if setup.quantization is not None:
         how += f" on a {setup.quantization.bits}-bit base"
@@ -96,38 +96,39 @@ def describe_run(setup: RunSetup, facts: ModelFacts) -> list[str]:
         f"run:    {strategy}, {how}, {setup.optimizer.rsplit('.', 1)[-1]}, precision {setup.precision}, "
         f"{compute_bytes(setup, facts) * 8}-bit compute, beta {setup.grpo.beta:g}, gradient checkpointing "
         f"{'on' if setup.checkpointing else 'off'}, engine {setup.engine}",
-        f"step:   {setup.batch_size} prompts x G={setup.grpo.num_generations} = {s.player_sequences} sequences a rank of "
+        f"step:   {setup.batch_size} prompts x G={setup.grpo.num_generations} = {s.player_sequences} sequences "
+        "a rank of "
         f"<= {s.prompt} + {s.completion} tokens; micro-batches of {s.micro_sequences} x {s.sequence} tokens "
         f"(budget {setup.grpo.max_tokens_per_micro_batch})",
     ]
     if s.judge_prompts:
         lines.append(f"judge:  up to {s.judge_prompts} judging prompts a rank of <= {s.judge_prompt} + "
-                     f"{s.judge_completion} tokens, {s.judge_call} at a time")  # fmt: skip
+                     f"{s.judge_completion} tokens, {s.judge_call} at a time")
     return lines
 
 
 def table(plan: MemoryPlan) -> list[str]:
     """The terms as a Markdown table (docs/scaling.md quotes it as printed)."""
-    short = {"rollout: player": "P", "rollout: referee": "R", "update": "U", "optimizer step": "S"}
+    short = {"rollout": "R", "judge": "J", "update": "U", "update: optimizer step": "S"}
     lines = ["| term | per rank | phases | arithmetic |", "| --- | ---: | --- | --- |"]
     for term in plan.terms:
         phases = "all" if len(term.phases) == len(PHASES) else "".join(short[p] for p in PHASES if p in term.phases)
         lines.append(f"| {term.name} | {_gb(term.bytes)} | {phases} | {term.arithmetic} |")
     totals = ", ".join(f"{p} {_gb(plan.phase_total(p))}" for p in PHASES)
     lines.append("")
-    lines.append(f"phases (P player rollout, R referee rollout, U update, S optimizer step): {totals}")
+    lines.append(f"phases (R rollout, J judge, U update, S its optimizer step): {totals}")
     return lines
 
 
 def render(setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | None, bandwidth: float | None,
-           config_name: str) -> tuple[list[str], bool]:  # fmt: skip
+           config_name: str) -> tuple[list[str], bool]:
     """The whole report and whether the run fits."""
     plan = memory_plan(setup, facts, cuda=device.kind == "gpu")
     reserve, why = runtime_reserve(device, plan.peak, setup.world_size)
     need = plan.peak + reserve
     lines = [f"urpo plan: {config_name}", *describe_run(setup, facts), "", *table(plan), ""]
     lines.append(f"peak:   {_gb(plan.peak)} ({plan.peak_phase}) + {_gb(reserve)} runtime reserve ({why}) = "
-                 f"{_gb(need)} per rank")  # fmt: skip
+                 f"{_gb(need)} per rank")
     fits = True
     where = "GPU" if device.kind == "gpu" else "host"
     if device.memory is None:
@@ -136,7 +137,7 @@ def render(setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | N
         fits = need <= device.memory
         verdict = "FITS" if fits else "DOES NOT FIT"
         lines.append(f"verdict: {verdict}: {_gb(need)} of {_gb(device.memory)} {where} memory "
-                     f"({100 * need / device.memory:.0f}%; {device.source})")  # fmt: skip
+                     f"({100 * need / device.memory:.0f}%; {device.source})")
         if not fits:
             lines += _advice(setup, facts, device)
     lines += _time(setup, facts, device, tflops, bandwidth)
@@ -169,9 +170,10 @@ def _time(setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | No
     lines = [line]
     if t.decode_seconds_floor is not None:
         lines.append(f"        decoding reads the weights once a token: generation takes at least "
-                     f"{t.decode_seconds_floor:.1f} s at {bandwidth:g} GB/s")  # fmt: skip
+                     f"{t.decode_seconds_floor:.1f} s at {bandwidth:g} GB/s")
     else:
-        lines.append("        generation is usually bound by memory bandwidth, not FLOPs: --device_bandwidth GB/s adds that bound")
+        bound = "generation is usually bound by memory bandwidth, not FLOPs: --device_bandwidth GB/s adds that bound"
+        lines.append(" " * 8 + bound)
     return lines
 
 

@@ -99,7 +99,7 @@ class RewardCallback(ABC):
         """State to save in checkpoints (running statistics, RNG); empty for stateless rewards."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - an optional hook, not abstract
         """Restore what :meth:`state_dict` returned."""
 
     def __repr__(self) -> str:
@@ -148,7 +148,7 @@ def score_episodes(
         if not chosen:
             continue
         served = [episodes[i] for i in chosen]
-        with timer(f"reward_{reward.name}"):
+        with timer(f"reward/{reward.name}"):
             result = checked_result(reward, reward.score(served), served, g)
         for row_pos, i in enumerate(chosen):
             parts[i].append((reward.weight, result.rewards[row_pos : row_pos + 1].float()))

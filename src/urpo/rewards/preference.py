@@ -33,6 +33,7 @@ from urpo.referee import (
     top1_correct,
 )
 from urpo.rewards.base import Episode, RewardCallback, RewardResult
+from urpo.timing import timed
 
 AgreementMetric = Literal["top1", "pairwise", "exact", "kendall"]
 SecondOrder = Literal["reversed", "shuffled"]
@@ -253,4 +254,4 @@ def as_rng_state(state: Any) -> tuple:
 __all__ = [
     "AgreementMetric", "METRICS", "PreferenceReward", "SecondJudgments", "SecondOrder", "as_rng_state",
     "failure_metrics", "same_preferred",
-]  # fmt: skip
+]

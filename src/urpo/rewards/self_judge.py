@@ -24,6 +24,7 @@ from urpo.errors import ConfigError
 from urpo.referee import Verdict, borda_scores, pairwise_accuracy, read_verdict, shuffled_order
 from urpo.rewards.base import Episode, RewardCallback, RewardResult, combine_rewards
 from urpo.rewards.preference import as_rng_state, failure_metrics
+from urpo.timing import timed
 
 if TYPE_CHECKING:
     from urpo.rewards.base import RewardContext
@@ -249,7 +250,7 @@ class SelfJudge(RewardCallback):
         """Generates every task's judgment in one engine call and parses it into group answer indices."""
         if not tasks:
             return
-        with torch.no_grad():  # the engine already avoids gradients; this also covers custom engines
+        with timed("judge"), torch.no_grad():  # the engine already avoids gradients; this covers custom engines
             texts = self.context.engine.generate([t.prompt for t in tasks], 1, self.sampling).texts
         for task, text in zip(tasks, texts, strict=True):
             local = read_verdict(self.context.referee, text, list(range(len(task.members))), task.prompt)

@@ -12,6 +12,7 @@ import torch
 from urpo.boxed import last_boxed
 from urpo.rewards.base import Episode, RewardCallback, RewardResult
 
+
 def last_tagged(text: str, tag: str) -> str | None:
     """Content of the last ``<tag>...</tag>`` block in ``text``; None if absent."""
     matches = re.findall(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, flags=re.DOTALL | re.IGNORECASE)
