@@ -17,10 +17,19 @@ TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 
 def fit_args(model_dir: str, out: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", TINY, "--model.model.name_or_path", model_dir,
-        "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out),
-        "--trainer.callbacks.init_args.dirpath", str(out / "checkpoints"),
-        "--data.sources", f'[{{"adapter": "gsm8k", "path": "{ROOT}/src/urpo/data/samples/gsm8k_train.jsonl"}}]',
+        "fit",
+        "--config",
+        TINY,
+        "--model.model.name_or_path",
+        model_dir,
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.callbacks.init_args.dirpath",
+        str(out / "checkpoints"),
+        "--data.sources",
+        f'[{{"adapter": "gsm8k", "path": "{ROOT}/src/urpo/data/samples/gsm8k_train.jsonl"}}]',
         *extra,
     ]
 
@@ -43,7 +52,13 @@ def test_fit_writes_metrics_samples_checkpoints_and_a_loadable_model(tiny_model_
     assert f"curves:      {run / 'curves.png'}" in capsys.readouterr().out
     assert (run / "curves.png").stat().st_size > 10_000
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in ("reward/mean", "train/loss", "time/update", "throughput/tokens_per_s", "reward/math_verifier/accuracy"):
+    for column in (
+        "reward/mean",
+        "train/loss",
+        "time/update",
+        "throughput/tokens_per_s",
+        "reward/math_verifier/accuracy",
+    ):
         assert column in header
     assert (run / "samples.jsonl").read_text().count("\n") >= 1
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"last.ckpt", "epoch=0-step=2.ckpt"}
@@ -68,7 +83,10 @@ def test_resume_continues_exactly(tiny_model_dir, tmp_path):
 def test_print_config_resolves_every_shipped_config(config):
     out = subprocess.run(
         [sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "configs" / config), "--print_config"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "num_generations" in out.stdout and "sources" in out.stdout
@@ -77,7 +95,10 @@ def test_print_config_resolves_every_shipped_config(config):
 def test_unknown_option_is_rejected_before_training(tiny_model_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "urpo.cli", "fit", "--config", TINY, "--model.grpo.num_generaton", "4"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode != 0
     assert "num_generaton" in out.stderr
@@ -95,8 +116,20 @@ def test_malformed_yaml_names_the_file(tmp_path):
 
 def test_missing_model_path_fails_fast(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "urpo.cli", "fit", "--config", TINY, "--model.model.name_or_path", str(tmp_path / "missing")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "urpo.cli",
+            "fit",
+            "--config",
+            TINY,
+            "--model.model.name_or_path",
+            str(tmp_path / "missing"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode != 0
     assert "missing" in out.stderr and "does not exist" in out.stderr
@@ -138,8 +171,21 @@ def test_urpo_data_prints_the_mixture_and_rendered_prompts(tiny_model_dir, capsy
         f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}},'
         f' {{"adapter": "hh_rlhf", "path": "{samples}/hh_rlhf_harmless_base_test.jsonl"}}]'
     )
-    main(["data", "--config", TINY, "--model.model.name_or_path", tiny_model_dir, "--data.sources", sources,
-          "--data.max_prompt_tokens", "1500", "--batches", "2"])
+    main(
+        [
+            "data",
+            "--config",
+            TINY,
+            "--model.model.name_or_path",
+            tiny_model_dir,
+            "--data.sources",
+            sources,
+            "--data.max_prompt_tokens",
+            "1500",
+            "--batches",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "rows per batch: {'verifiable': 2, 'preference': 2}" in out
     assert "--- verifiable prompt" in out and "--- preference prompt" in out
@@ -149,9 +195,20 @@ def test_urpo_data_prints_the_mixture_and_rendered_prompts(tiny_model_dir, capsy
 
 def test_validate_reports_rewards_per_kind(tiny_model_dir, tmp_path):
     samples = ROOT / "src" / "urpo" / "data" / "samples"
-    main(["validate", "--config", TINY, "--model.model.name_or_path", tiny_model_dir,
-          "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--data.sources", f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}}]',
-          "--data.val_sources", f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl", "limit": 4}}]'])
+    main(
+        [
+            "validate",
+            "--config",
+            TINY,
+            "--model.model.name_or_path",
+            tiny_model_dir,
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--data.sources",
+            f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}}]',
+            "--data.val_sources",
+            f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl", "limit": 4}}]',
+        ]
+    )
     header = (tmp_path / "tiny" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert "val/reward/verifiable_mean" in header and "val/reward/math_verifier/accuracy" in header

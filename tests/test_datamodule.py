@@ -52,7 +52,9 @@ def test_every_batch_holds_the_exact_share_of_each_kind():
 
 def test_same_seed_same_batches_other_seed_other_batches():
     def keys(seed: int) -> list[list[tuple[str, int]]]:
-        return [[(r.source, r.index) for r in b] for b in batches(URPODataModule(THREE_KINDS, batch_size=6, seed=seed), 5)]
+        return [
+            [(r.source, r.index) for r in b] for b in batches(URPODataModule(THREE_KINDS, batch_size=6, seed=seed), 5)
+        ]
 
     assert keys(0) == keys(0)
     assert keys(0) != keys(1)
@@ -61,8 +63,10 @@ def test_same_seed_same_batches_other_seed_other_batches():
 def test_weights_split_a_kind_between_its_sources(tmp_path):
     second = tmp_path / "more.jsonl"
     second.write_text((SAMPLES / "gsm8k_train.jsonl").read_text())
-    sources = [SourceSpec(adapter="gsm8k", path=str(SAMPLES / "gsm8k_train.jsonl"), weight=3.0),
-               SourceSpec(adapter="gsm8k", path=str(second), weight=1.0)]
+    sources = [
+        SourceSpec(adapter="gsm8k", path=str(SAMPLES / "gsm8k_train.jsonl"), weight=3.0),
+        SourceSpec(adapter="gsm8k", path=str(second), weight=1.0),
+    ]
     drawn = Counter(r.source for b in batches(URPODataModule(sources, batch_size=4), 10) for r in b)
     assert drawn == {str(SAMPLES / "gsm8k_train.jsonl"): 30, str(second): 10}
 
@@ -108,7 +112,9 @@ def test_a_kind_with_a_share_but_no_source_is_an_error():
 
 def test_bad_rows_stop_setup_with_file_line_and_field(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n")
+    bad.write_text(
+        json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n"
+    )
     with pytest.raises(DataError) as error:
         batches(URPODataModule([SourceSpec(adapter="gsm8k", path=str(bad))], batch_size=1), 1)
     assert "bad.jsonl" in str(error.value) and "answer" in str(error.value) and "line 2" in str(error.value)

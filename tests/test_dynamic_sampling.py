@@ -30,22 +30,27 @@ THREE_KINDS = [
 
 def test_all_equal_groups_are_dropped_first_and_each_kind_keeps_its_quota():
     kinds = ["verifiable"] * 4 + ["open"] * 3
-    rewards = torch.tensor([
-        [1.0, 1.0, 1.0],  # 0: all equal
-        [0.0, 1.0, 1.0],  # 1: informative
-        [0.0, 0.0, 0.0],  # 2: all equal
-        [1.0, 0.0, NAN],  # 3: informative (NaN is no reward, the rest differ)
-        [0.5, 0.5, 0.5],  # 4: all equal
-        [0.2, NAN, NAN],  # 5: one reward only: no advantage, counts as all equal
-        [0.1, 0.9, 0.5],  # 6: informative
-    ])
+    rewards = torch.tensor(
+        [
+            [1.0, 1.0, 1.0],  # 0: all equal
+            [0.0, 1.0, 1.0],  # 1: informative
+            [0.0, 0.0, 0.0],  # 2: all equal
+            [1.0, 0.0, NAN],  # 3: informative (NaN is no reward, the rest differ)
+            [0.5, 0.5, 0.5],  # 4: all equal
+            [0.2, NAN, NAN],  # 5: one reward only: no advantage, counts as all equal
+            [0.1, 0.9, 0.5],  # 6: informative
+        ]
+    )
     keep, metrics = select_groups(kinds, rewards, {"verifiable": 3, "open": 2})
     assert keep == [0, 1, 3, 4, 6]  # verifiable: informative 1, 3, then the first all-equal 0; open: 6, then 4
     assert Counter(kinds[i] for i in keep) == {"verifiable": 3, "open": 2}
     assert metrics == {
-        "dynamic_sampling/verifiable_dropped": 1.0, "dynamic_sampling/verifiable_filled": 1.0,
-        "dynamic_sampling/open_dropped": 1.0, "dynamic_sampling/open_filled": 1.0,
-        "dynamic_sampling/dropped": 2.0, "dynamic_sampling/filled": 2.0,
+        "dynamic_sampling/verifiable_dropped": 1.0,
+        "dynamic_sampling/verifiable_filled": 1.0,
+        "dynamic_sampling/open_dropped": 1.0,
+        "dynamic_sampling/open_filled": 1.0,
+        "dynamic_sampling/dropped": 2.0,
+        "dynamic_sampling/filled": 2.0,
     }
 
 
@@ -63,8 +68,13 @@ def test_a_kind_without_a_quota_keeps_every_group():
 
 
 def test_the_data_module_over_samples_every_kind_and_marks_the_quotas():
-    datamodule = URPODataModule(THREE_KINDS, mixture={"verifiable": 0.4, "preference": 0.3, "open": 0.3},
-                                batch_size=8, batches_per_epoch=3, oversample=1.5)
+    datamodule = URPODataModule(
+        THREE_KINDS,
+        mixture={"verifiable": 0.4, "preference": 0.3, "open": 0.3},
+        batch_size=8,
+        batches_per_epoch=3,
+        oversample=1.5,
+    )
     datamodule.setup("fit")
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 3

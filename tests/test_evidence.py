@@ -104,8 +104,9 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
     assert build_warm_start(tmp_path / "ok", 0, lenient)["reused"]
     assert missed_targets({"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.7}, lenient) == []
-    assert missed_targets({"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5}, WarmStartConfig()) == [
-        "verifiable_accuracy 0.400 < 0.50", "referee_accuracy 0.500 < 0.65"]
+    assert missed_targets(
+        {"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5}, WarmStartConfig()
+    ) == ["verifiable_accuracy 0.400 < 0.50", "referee_accuracy 0.500 < 0.65"]
 
 
 def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties():
@@ -128,7 +129,11 @@ def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties()
 def test_stats_are_mean_and_sample_std_ignoring_missing_values():
     from tools.evidence.report import stats
 
-    assert stats([0.5, 0.7, float("nan"), None]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414213562), "values": [0.5, 0.7]}
+    assert stats([0.5, 0.7, float("nan"), None]) == {
+        "mean": pytest.approx(0.6),
+        "std": pytest.approx(0.1414213562),
+        "values": [0.5, 0.7],
+    }
     assert stats([0.4]) == {"mean": 0.4, "std": 0.0, "values": [0.4]}
     assert stats([]) == {"mean": None, "std": None, "values": []}
 
@@ -149,12 +154,19 @@ def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
     from tools.evidence.diagnose import markdown, signal, solve_prompt, summarize
 
     assert solve_prompt("What is 17 - 5?") == 12 and solve_prompt("What is 17 + 5?") == 22
-    steps = [{"step": i + 1, "groups/preference_zero_variance_frac": z, "reward/preference_group_spread": 0.25,
-              "reward/preference_reward/referee_accuracy": a, "rows/preference": 2.0}
-             for i, (z, a) in enumerate([(1.0, 0.5), (0.5, 0.5), (0.5, 0.75), (0.0, 0.75)])]
+    steps = [
+        {
+            "step": i + 1,
+            "groups/preference_zero_variance_frac": z,
+            "reward/preference_group_spread": 0.25,
+            "reward/preference_reward/referee_accuracy": a,
+            "rows/preference": 2.0,
+        }
+        for i, (z, a) in enumerate([(1.0, 0.5), (0.5, 0.5), (0.5, 0.75), (0.0, 0.75)])
+    ]
     assert signal(steps, 0, 2)["zero_variance_frac"] == 0.75 and signal(steps, 2, 4)["sampled_accuracy"] == 0.75
     history = [{"step": 0, "referee_accuracy": 0.5}, {"step": 4, "referee_accuracy": 0.6}]
     row = summarize({"steps": steps, "history": history, "seconds": 1.0})
     assert row["judging_gain"] == pytest.approx(0.1) and row["first_third"]["zero_variance_frac"] == 1.0
     table = markdown({"v/0": {"variant": "v", "seed": 0, "settings": {"lr": 2e-4}, **row}})
-    assert "| v | {\"lr\": 0.0002} | 0 | 50.0 | 0.250 | 50.0 → 75.0 | 50.0 → 60.0 | +10.0 |" in table
+    assert '| v | {"lr": 0.0002} | 0 | 50.0 | 0.250 | 50.0 → 75.0 | 50.0 → 60.0 | +10.0 |' in table

@@ -87,8 +87,14 @@ def test_validate_without_a_validation_source_is_an_error(tiny_model_dir, tmp_pa
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, line = urpo_fails(
-            capsys, "validate", "--config", TINY, "--model.model.name_or_path", tiny_model_dir,
-            "--trainer.logger.init_args.save_dir", str(tmp_path),
+            capsys,
+            "validate",
+            "--config",
+            TINY,
+            "--model.model.name_or_path",
+            tiny_model_dir,
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
         )
     assert code == EXIT_BAD_INPUT and "data.val_sources is empty" in line
     assert not [w for w in caught if "args parameter" in str(w.message)]  # the argv echo is gone
@@ -123,8 +129,19 @@ def test_a_data_kind_without_reward_fails_before_the_model_loads(tiny_model_dir,
     assert code == EXIT_BAD_INPUT
     assert "['preference'] rows but no reward callback serves them" in line and "math_verifier" in line
     # `urpo data` shows the same problem in its report.
-    console_main(["data", "--config", TINY, "--model.model.name_or_path", tiny_model_dir, "--data.sources", sources,
-                  "--batches", "1"])
+    console_main(
+        [
+            "data",
+            "--config",
+            TINY,
+            "--model.model.name_or_path",
+            tiny_model_dir,
+            "--data.sources",
+            sources,
+            "--batches",
+            "1",
+        ]
+    )
     assert "rewards: PROBLEM: the data holds ['preference'] rows but no reward" in capsys.readouterr().out
 
 
@@ -217,9 +234,15 @@ def test_eval_referee_reports_why_records_were_skipped_and_counts_them_in_its_cs
     rows, subsets, skips = load_rows_and_skips(str(path), "rewardbench")
     assert len(rows) == 2 and [(s["index"], s["subset"]) for s in skips] == [(2, "easy")]
     assert "chosen" in skips[0]["reason"]
-    stats = {"rows": 2, "accuracy": 0.5, "accuracy_parsed": 0.5, "position_consistency": 1.0,
-             "consistent_accuracy": 0.5, "parse_failure_rate": 0.0,
-             "parse_failure_reasons": dict.fromkeys(PARSE_FAILURE_REASONS, 0)}
+    stats = {
+        "rows": 2,
+        "accuracy": 0.5,
+        "accuracy_parsed": 0.5,
+        "position_consistency": 1.0,
+        "consistent_accuracy": 0.5,
+        "parse_failure_rate": 0.0,
+        "parse_failure_reasons": dict.fromkeys(PARSE_FAILURE_REASONS, 0),
+    }
     report = {"subsets": {"easy": dict(stats)}, "overall": dict(stats)}
     add_skips(report, skips)
     assert "skipped 1 records (not scored): record 2 (easy):" in format_table(report)
@@ -232,7 +255,9 @@ def test_eval_referee_reports_why_records_were_skipped_and_counts_them_in_its_cs
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short"])
-def test_an_unreadable_checkpoint_is_named_before_the_model_loads(tiny_model_dir, tmp_path, capsys, no_model_load, content):
+def test_an_unreadable_checkpoint_is_named_before_the_model_loads(
+    tiny_model_dir, tmp_path, capsys, no_model_load, content
+):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(content)
     code, line = urpo_fails(capsys, *fit_args(tiny_model_dir, tmp_path, "--ckpt_path", str(broken)))

@@ -12,8 +12,13 @@ import pytest
 from urpo.launch_env import env_options, with_env_options
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"PL_FIT__TRAINER__NUM_NODES": "2", "PL_FIT__MODEL__GRPO__BETA": "0.5", "PL_TEST__TRAINER__DEVICES": "4",
-       "PL_FIT__CONFIG": "ignored.yaml", "PL_GLOBAL_SEED": "3"}
+ENV = {
+    "PL_FIT__TRAINER__NUM_NODES": "2",
+    "PL_FIT__MODEL__GRPO__BETA": "0.5",
+    "PL_TEST__TRAINER__DEVICES": "4",
+    "PL_FIT__CONFIG": "ignored.yaml",
+    "PL_GLOBAL_SEED": "3",
+}
 
 
 def test_variables_become_options_of_their_subcommand_only():
@@ -24,8 +29,16 @@ def test_variables_become_options_of_their_subcommand_only():
 def test_options_go_after_the_config_files_and_before_typed_options():
     argv = ["fit", "--config", "a.yaml", "--config=b.yaml", "--trainer.num_nodes", "8"]
     assert with_env_options(argv, ENV) == [
-        "fit", "--config", "a.yaml", "--config=b.yaml", "--model.grpo.beta", "0.5", "--trainer.num_nodes", "2",
-        "--trainer.num_nodes", "8",
+        "fit",
+        "--config",
+        "a.yaml",
+        "--config=b.yaml",
+        "--model.grpo.beta",
+        "0.5",
+        "--trainer.num_nodes",
+        "2",
+        "--trainer.num_nodes",
+        "8",
     ]
     assert with_env_options(["plan", "--config", "a.yaml"], ENV) == ["plan", "--config", "a.yaml"]
     assert with_env_options(["fit", "--config", "a.yaml"], {}) == ["fit", "--config", "a.yaml"]
@@ -34,11 +47,27 @@ def test_options_go_after_the_config_files_and_before_typed_options():
 @pytest.mark.slow
 def test_urpo_fit_takes_keys_from_the_environment_over_the_yaml(tiny_model_dir):
     """The resolved config of `urpo fit` (nothing is trained: --print_config) shows the environment's values."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PL_FIT__TRAINER__MAX_STEPS": "2",
-           "PL_FIT__TRAINER__NUM_NODES": "3", "PL_FIT__MODEL__GRPO__BETA": "0.25",
-           "PL_FIT__TRAINER__DEFAULT_ROOT_DIR": "/shared/runs"}
-    cmd = [sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "tests/configs/tiny.yaml"),
-           "--model.model.name_or_path", tiny_model_dir, "--trainer.num_nodes", "5", "--print_config"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "PL_FIT__TRAINER__MAX_STEPS": "2",
+        "PL_FIT__TRAINER__NUM_NODES": "3",
+        "PL_FIT__MODEL__GRPO__BETA": "0.25",
+        "PL_FIT__TRAINER__DEFAULT_ROOT_DIR": "/shared/runs",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "urpo.cli",
+        "fit",
+        "--config",
+        str(ROOT / "tests/configs/tiny.yaml"),
+        "--model.model.name_or_path",
+        tiny_model_dir,
+        "--trainer.num_nodes",
+        "5",
+        "--print_config",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     printed = out.stdout
@@ -61,8 +90,15 @@ def test_lightning_job_spec_runs_the_single_node_config_on_n_machines():
     argv = shlex.split(spec["command"])
     assert argv[:4] == ["urpo", "fit", "--config", "configs/qwen7b.yaml"]
     assert with_env_options(argv[1:], spec["env"]) == [
-        "fit", "--config", "configs/qwen7b.yaml", "--trainer.devices", "8", "--trainer.num_nodes", "2",
-        "--data.batch_size", "8",
+        "fit",
+        "--config",
+        "configs/qwen7b.yaml",
+        "--trainer.devices",
+        "8",
+        "--trainer.num_nodes",
+        "2",
+        "--data.batch_size",
+        "8",
     ]
     with pytest.raises(ValueError, match="num_machines"):
         job_spec("configs/qwen7b.yaml", 0)

@@ -50,8 +50,13 @@ def lora_module(model_dir: str, device_optimizer=None, quantization: Quantizatio
 def fit(module: URPOModule, steps: int = 2, accelerator: str = "cpu") -> L.Trainer:
     rows = [VerifiableRow(source="toy", index=i, prompt=f"What is {i} + 1?", answer=str(i + 1)) for i in range(4)]
     trainer = L.Trainer(
-        accelerator=accelerator, devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator=accelerator,
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, DataLoader([rows] * steps, batch_size=None, collate_fn=lambda b: b))
     return trainer
@@ -124,7 +129,9 @@ def test_qlora_on_cpu_generates_then_trains_with_adamw8bit(tiny_model_dir, tmp_p
 
     L.seed_everything(0)
     module = lora_module(
-        tiny_model_dir, quantization=QuantizationArgs(bits=4), beta=0.1,
+        tiny_model_dir,
+        quantization=QuantizationArgs(bits=4),
+        beta=0.1,
         # min_8bit_size=1: bitsandbytes keeps 32-bit states for tensors under 4096 elements (all of the tiny adapters).
         device_optimizer=lambda params: bnb.optim.AdamW8bit(params, lr=1e-2, min_8bit_size=1),
     )
@@ -169,13 +176,31 @@ def test_adamw8bit_from_yaml_trains_the_full_model(tiny_model_dir, tmp_path):
     from urpo.cli import main
 
     optimizer = json.dumps({"class_path": "bitsandbytes.optim.AdamW8bit", "init_args": {"lr": 1e-3}})
-    main([
-        "fit", "--config", str(ROOT / "tests" / "dist" / "fsdp2_tiny.yaml"), "--model.model.name_or_path", tiny_model_dir,
-        "--trainer.strategy", "auto", "--trainer.devices", "1", "--trainer.max_steps", "1",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.callbacks", "[]", "--model.optimizer", optimizer,
-        "--data.sources", json.dumps([{"adapter": "gsm8k", "path": str(ROOT / "src/urpo/data/samples/gsm8k_train.jsonl")}]),
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "tests" / "dist" / "fsdp2_tiny.yaml"),
+            "--model.model.name_or_path",
+            tiny_model_dir,
+            "--trainer.strategy",
+            "auto",
+            "--trainer.devices",
+            "1",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.callbacks",
+            "[]",
+            "--model.optimizer",
+            optimizer,
+            "--data.sources",
+            json.dumps([{"adapter": "gsm8k", "path": str(ROOT / "src/urpo/data/samples/gsm8k_train.jsonl")}]),
+        ]
+    )
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp2" / "version_0" / "hf_model").state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(trained[k], base[k]) for k in base)
@@ -187,7 +212,9 @@ def test_qlora_on_gpu_generates_then_trains(tiny_model_dir):
 
     L.seed_everything(0)
     module = lora_module(
-        tiny_model_dir, quantization=QuantizationArgs(bits=4, compute_dtype="bfloat16"), beta=0.1,
+        tiny_model_dir,
+        quantization=QuantizationArgs(bits=4, compute_dtype="bfloat16"),
+        beta=0.1,
         device_optimizer=lambda params: bnb.optim.PagedAdamW8bit(params, lr=1e-2),
     )
     before = None
@@ -198,8 +225,14 @@ def test_qlora_on_gpu_generates_then_trains(tiny_model_dir):
             before = snapshot(pl_module.policy)
 
     trainer = L.Trainer(
-        accelerator="cuda", devices=1, max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, callbacks=[Snapshot()],
+        accelerator="cuda",
+        devices=1,
+        max_steps=2,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Snapshot()],
     )
     rows = [VerifiableRow(source="toy", index=i, prompt=f"What is {i} + 1?", answer=str(i + 1)) for i in range(4)]
     trainer.fit(module, DataLoader([rows] * 2, batch_size=None, collate_fn=lambda b: b))

@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader
 
 from urpo.config import GRPOArgs, LoggingArgs
 from urpo.data.schema import VerifiableRow
+from urpo.episode import TrainSequence
 from urpo.errors import ConfigError
 from urpo.models import ModelArgs
 from urpo.module import URPOModule
 from urpo.rewards.base import RewardCallback, RewardResult
 from urpo.rollout import SamplingArgs
 from urpo.update import sequences_with_gradient
-from urpo.episode import TrainSequence
 
 
 class TargetTokenReward(RewardCallback):
@@ -74,8 +74,14 @@ def make_module(model_dir: str, rewards=None, lr: float = 1e-3, **grpo) -> URPOM
 def trainer(steps: int, tmp_path=None, **kwargs) -> L.Trainer:
     logger = L.pytorch.loggers.CSVLogger(str(tmp_path)) if tmp_path is not None else False
     return L.Trainer(
-        accelerator="cpu", max_steps=steps, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=1, **kwargs,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **kwargs,
     )
 
 
@@ -92,8 +98,18 @@ def test_one_step_changes_every_trainable_parameter_and_not_the_reference(tiny_m
     for name, param in module.reference.named_parameters():
         assert torch.equal(reference_before[name], param), name
     logged = fit.logged_metrics
-    for key in ("reward/mean", "train/loss", "train/kl", "train/entropy", "train/grad_norm", "time/rollout",
-                "completion/length_mean", "completion/truncated_frac", "groups/zero_variance_frac", "train/lr"):
+    for key in (
+        "reward/mean",
+        "train/loss",
+        "train/kl",
+        "train/entropy",
+        "train/grad_norm",
+        "time/rollout",
+        "completion/length_mean",
+        "completion/truncated_frac",
+        "groups/zero_variance_frac",
+        "train/lr",
+    ):
         assert key in logged and math.isfinite(float(logged[key])), key
     assert float(logged["rows/verifiable"]) == 4.0
 
@@ -123,8 +139,16 @@ def test_learning_raises_a_toy_reward(tiny_model_dir):
 
 def _sequences(advantages: list[float]) -> list[TrainSequence]:
     """Training sequences of different prompt and completion lengths, one per advantage, 4 to a group."""
-    return [TrainSequence(prompt_ids=[5, 6, 7][: 1 + i % 3], completion_ids=list(range(10, 12 + i)), advantage=a,
-                          episode=i // 4, sample=i % 4) for i, a in enumerate(advantages)]
+    return [
+        TrainSequence(
+            prompt_ids=[5, 6, 7][: 1 + i % 3],
+            completion_ids=list(range(10, 12 + i)),
+            advantage=a,
+            episode=i // 4,
+            sample=i % 4,
+        )
+        for i, a in enumerate(advantages)
+    ]
 
 
 def _attached_module(model_dir: str, optimizer, **grpo) -> URPOModule:
@@ -146,10 +170,13 @@ def test_micro_batch_split_does_not_change_the_update(tiny_model_dir):
     sequences = _sequences([(-1) ** i * 0.5 for i in range(8)])
     results = []
     for budget in (10_000, 1):
-        module = _attached_module(tiny_model_dir, lambda params: torch.optim.SGD(params, lr=1.0),
-                                  max_tokens_per_micro_batch=budget)
+        module = _attached_module(
+            tiny_model_dir, lambda params: torch.optim.SGD(params, lr=1.0), max_tokens_per_micro_batch=budget
+        )
         stats = module.update(sequences)
-        results.append((stats["train/loss"] * (1 if budget > 1 else 8), [p.detach().clone() for p in module.policy.parameters()]))
+        results.append(
+            (stats["train/loss"] * (1 if budget > 1 else 8), [p.detach().clone() for p in module.policy.parameters()])
+        )
     (loss_a, params_a), (loss_b, params_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     for a, b in zip(params_a, params_b):

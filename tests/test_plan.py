@@ -49,9 +49,14 @@ def test_bundled_qwen_architectures_give_the_published_parameter_counts():
     assert small.params == 1_543_714_304
     assert small.head_params == 0  # tied embeddings
     # LoRA r=32 on the seven projections of 28 layers: 28 x 32 x (in + out) summed over the projections.
-    per_layer = sum(32 * (i + o) for i, o in [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536),
-                                              (1536, 8960), (1536, 8960), (8960, 1536)])
-    assert small.lora_params(32, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) == 28 * per_layer
+    per_layer = sum(
+        32 * (i + o)
+        for i, o in [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536), (1536, 8960), (1536, 8960), (8960, 1536)]
+    )
+    assert (
+        small.lora_params(32, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        == 28 * per_layer
+    )
 
 
 def test_tiny_model_facts_match_the_built_model(tiny_model_dir):
@@ -70,8 +75,11 @@ def test_tiny_model_facts_match_the_built_model(tiny_model_dir):
 def test_fsdp2_shards_weights_gradients_and_states_over_the_world_size(tiny_model_dir):
     def states(devices: int) -> list[float]:
         config = tiny_config(tiny_model_dir, grpo={"num_generations": 4, "beta": 0.1})
-        config["trainer"] = {"accelerator": "gpu", "devices": devices,
-                             "strategy": {"class_path": "urpo.strategies.FSDP2Strategy"}}
+        config["trainer"] = {
+            "accelerator": "gpu",
+            "devices": devices,
+            "strategy": {"class_path": "urpo.strategies.FSDP2Strategy"},
+        }
         _, plan = plan_of(config, cuda=True)
         return [plan.term(n).bytes for n in ("weights", "gradients", "optimizer states", "reference policy")]
 
@@ -86,8 +94,9 @@ def test_lora_trains_adapters_only_and_its_reference_is_free(tiny_model_dir):
     assert lora.term("reference policy").bytes == 0
     assert lora.term("gradients").bytes < full.term("gradients").bytes / 5
     facts = model_facts(full_setup.model)
-    assert lora.term("gradients").bytes == 4 * facts.lora_params(4, ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj"])
+    assert lora.term("gradients").bytes == 4 * facts.lora_params(
+        4, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 def test_eight_bit_optimizer_quarters_the_states(tiny_model_dir):
@@ -116,8 +125,12 @@ def test_vllm_engine_holds_its_weights_and_kv_cache_instead_of_hf_generation(tin
 
 
 def test_self_judge_prompts_are_halved_like_the_self_judge_does(tiny_model_dir):
-    config = tiny_config(tiny_model_dir, grpo={"num_generations": 8}, sampling={"max_new_tokens": 100},
-                         rewards=[{"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 500}}])
+    config = tiny_config(
+        tiny_model_dir,
+        grpo={"num_generations": 8},
+        sampling={"max_new_tokens": 100},
+        rewards=[{"class_path": "urpo.rewards.SelfJudge", "init_args": {"max_prompt_tokens": 500}}],
+    )
     s = shapes(run_setup(config))
     # 64 + 8 x 100 > 500, 64 + 4 x 100 = 464 fits: 2 chunks of 4 answers, 2 judgments, 4 rows.
     assert (s.judge_prompt, s.judge_prompts) == (464, 4 * 2 * 2)
@@ -129,8 +142,16 @@ def test_self_judge_prompts_are_halved_like_the_self_judge_does(tiny_model_dir):
 def test_plan_prints_the_table_and_a_verdict(tiny_model_dir, tmp_path, capsys):
     assert main(["--config", write(tmp_path, tiny_config(tiny_model_dir)), "--device_memory", "16GB"]) == 0
     out = capsys.readouterr().out
-    for line in ("| weights |", "| gradients |", "| optimizer states |", "| activations, one micro-batch |",
-                 "| logits, one micro-batch |", "| generation: player |", "verdict: FITS", "time:"):
+    for line in (
+        "| weights |",
+        "| gradients |",
+        "| optimizer states |",
+        "| activations, one micro-batch |",
+        "| logits, one micro-batch |",
+        "| generation: player |",
+        "verdict: FITS",
+        "time:",
+    ):
         assert line in out
 
 

@@ -24,12 +24,25 @@ pytest.importorskip("matplotlib")
 ROOT = Path(__file__).resolve().parents[1]
 
 EVERY_METRIC = [
-    "reward/verifiable_mean", "reward/verifiable_std", "reward/preference_mean", "reward/preference_std",
-    "reward/open_mean", "reward/open_std", "reward/math_verifier/accuracy",
-    "reward/preference_reward/referee_accuracy", "reward/preference_reward/agreement",
-    "reward/preference_reward/parse_failure_rate", "reward/self_judge/parse_failure_rate",
-    "groups/zero_variance_frac", "groups/preference_zero_variance_frac", "train/entropy", "train/kl",
-    "completion/length_mean", "completion/length_max", "completion/max_new_tokens", "completion/truncated_frac",
+    "reward/verifiable_mean",
+    "reward/verifiable_std",
+    "reward/preference_mean",
+    "reward/preference_std",
+    "reward/open_mean",
+    "reward/open_std",
+    "reward/math_verifier/accuracy",
+    "reward/preference_reward/referee_accuracy",
+    "reward/preference_reward/agreement",
+    "reward/preference_reward/parse_failure_rate",
+    "reward/self_judge/parse_failure_rate",
+    "groups/zero_variance_frac",
+    "groups/preference_zero_variance_frac",
+    "train/entropy",
+    "train/kl",
+    "completion/length_mean",
+    "completion/length_max",
+    "completion/max_new_tokens",
+    "completion/truncated_frac",
     "train/loss",
 ]
 
@@ -134,8 +147,13 @@ def test_urpo_plot_rejects_an_output_it_cannot_draw(tmp_path):
 
 
 def test_urpo_plot_error_is_one_line_on_stderr(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "urpo.cli", "plot", str(tmp_path / "nowhere")],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "urpo.cli", "plot", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [f"urpo plot: error: run folder {tmp_path / 'nowhere'} does not exist"]
 
@@ -149,8 +167,13 @@ def test_a_tiny_urpo_fit_leaves_its_curves_next_to_metrics(tiny_model_dir, tmp_p
     assert 800 <= width <= 2500 and 300 <= height <= 2000
     assert f"curves:      {run / 'curves.png'}" in capsys.readouterr().out
     drawn = draw_curves(run / "metrics.csv", tmp_path / "again.png")  # the names urpo logs match the panels
-    assert {"reward per kind (mean ± std)", "accuracy and agreement", "zero-variance groups (zero advantage)",
-            "completion length", "truncated completions"} <= set(drawn)
+    assert {
+        "reward per kind (mean ± std)",
+        "accuracy and agreement",
+        "zero-variance groups (zero advantage)",
+        "completion length",
+        "truncated completions",
+    } <= set(drawn)
     assert "referee parse failures" not in drawn  # tiny.yaml has no referee
 
 
@@ -163,9 +186,24 @@ def test_curves_can_be_turned_off_in_the_config(tiny_model_dir, tmp_path, capsys
 
 
 def test_a_picture_name_it_cannot_draw_fails_at_config_time(tiny_model_dir, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "tests/configs/tiny.yaml"),
-                          "--model.model.name_or_path", tiny_model_dir, "--curves.filename", "curves.txt"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "urpo.cli",
+            "fit",
+            "--config",
+            str(ROOT / "tests/configs/tiny.yaml"),
+            "--model.model.name_or_path",
+            tiny_model_dir,
+            "--curves.filename",
+            "curves.txt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode != 0
     assert "curves.filename must end with .png, .svg, .pdf, got 'curves.txt'" in out.stderr
 
@@ -186,8 +224,16 @@ class LoggingModel(BoringModel):
 
 def fit(tmp_path: Path, model: BoringModel, callback: CurvesCallback, logger=True) -> L.Trainer:
     logger = CSVLogger(tmp_path, name="run") if logger else False  # flushes every 100 steps: the callback must save
-    trainer = L.Trainer(max_steps=4, logger=logger, callbacks=[callback], log_every_n_steps=1, accelerator="cpu",
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=4,
+        logger=logger,
+        callbacks=[callback],
+        log_every_n_steps=1,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model)
     return trainer
 

@@ -30,7 +30,12 @@ def test_readme_example_trains_one_step(monkeypatch):
     exec(compile(readme_example(), "README.md", "exec"), namespace)
     module = namespace["module"]
     assert module.trainer.global_step == 1
-    assert [type(r).__name__ for r in module.rewards] == ["MathVerifier", "PreferenceReward", "SelfJudge", "BrevityBonus"]
+    assert [type(r).__name__ for r in module.rewards] == [
+        "MathVerifier",
+        "PreferenceReward",
+        "SelfJudge",
+        "BrevityBonus",
+    ]
 
 
 def readme_map() -> dict[str, str]:

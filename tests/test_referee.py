@@ -40,10 +40,38 @@ MARKER = re.compile(r"[\[［]\s*(?:end\s*of\s*)?(?:response\s*[a-z]|user\s*promp
 TAG = re.compile(r"[<＜﹤]\s*[/／]?\s*ranking\s*[>＞﹥]", re.I)
 
 MALICIOUS = [
-    "<ranking>", "</ranking>", "< /RANKING >", "<Ranking >", "＜ranking＞", "<\u200branking>", "</ranking\u200d>",
-    "[Response A]", "[End of Response B]", "[ response c ]", "[END OF RESPONSE A]", "［Response A］",
-    "[User Prompt]", "[End of User Prompt]", "[Reference Answer]", "[End of Reference Answer]", "[ResponseA]",
-    "A > B", "B = A", "<", ">", "[", "]", "/", "ranking", "Response A", "end of", " ", "\n", "<<", ">>", "\u200b",
+    "<ranking>",
+    "</ranking>",
+    "< /RANKING >",
+    "<Ranking >",
+    "＜ranking＞",
+    "<\u200branking>",
+    "</ranking\u200d>",
+    "[Response A]",
+    "[End of Response B]",
+    "[ response c ]",
+    "[END OF RESPONSE A]",
+    "［Response A］",
+    "[User Prompt]",
+    "[End of User Prompt]",
+    "[Reference Answer]",
+    "[End of Reference Answer]",
+    "[ResponseA]",
+    "A > B",
+    "B = A",
+    "<",
+    ">",
+    "[",
+    "]",
+    "/",
+    "ranking",
+    "Response A",
+    "end of",
+    " ",
+    "\n",
+    "<<",
+    ">>",
+    "\u200b",
 ]
 
 
@@ -114,7 +142,13 @@ def test_parse_failure_details_name_the_problem() -> None:
     assert "C" in parse_ranking(R.format("A > B"), 3).detail
     assert "'foo'" in parse_ranking(R.format("A > foo"), 3).detail
     assert set(PARSE_FAILURE_REASONS) == {
-        "no_ranking", "empty", "bad_token", "label_out_of_range", "duplicate_label", "missing_label", "tie_not_allowed"
+        "no_ranking",
+        "empty",
+        "bad_token",
+        "label_out_of_range",
+        "duplicate_label",
+        "missing_label",
+        "tie_not_allowed",
     }
 
 
@@ -467,7 +501,9 @@ def test_agreement_rejects_incomplete_predictions(pred: tuple, gold: list) -> No
 def test_gold_ranking_agrees_perfectly_and_any_ranking_stays_in_range(scores: list[int], seed: int) -> None:
     if len(set(scores)) > 1:
         assert agreement(gold_tiers(scores), scores) == {
-            "pairwise_accuracy": 1.0, "top1": float(scores.count(max(scores)) == 1), "exact_match": 1.0,
+            "pairwise_accuracy": 1.0,
+            "top1": float(scores.count(max(scores)) == 1),
+            "exact_match": 1.0,
             "kendall_tau": pytest.approx(1.0),
         }
     order = shuffled_order(len(scores), random.Random(seed))
@@ -519,8 +555,13 @@ def test_a_verdict_after_an_echo_or_equal_to_the_example_still_counts(template: 
 # An echo must never be a verdict under any combination of the template's options (the cases above pick a few).
 ALL_OPTIONS = [
     RefereeTemplate(
-        system=system, reminder=reminder, allow_ties=ties, show_reference=reference, open_tag=tags[0],
-        close_tag=tags[1], response_prefix=tags[0] if prefix else None,
+        system=system,
+        reminder=reminder,
+        allow_ties=ties,
+        show_reference=reference,
+        open_tag=tags[0],
+        close_tag=tags[1],
+        response_prefix=tags[0] if prefix else None,
         instruction=instruction if instruction else DEFAULT_INSTRUCTION,
     )
     for system in (DEFAULT_SYSTEM, None)
@@ -543,7 +584,11 @@ def test_no_template_option_reads_an_echo_of_its_prompt_as_a_verdict(n: int) -> 
         # the whole prompt, the user message, its instruction alone, its reminder alone, each with a line break
         for echo in (prompt, user, paragraphs[0], paragraphs[-1], user + "\n", paragraphs[0] + "\n\n"):
             result = template.parse(echo, n, prompt)
-            assert isinstance(result, ParseFailure) and result.reason == "no_ranking", (template.summary(), echo, result)
+            assert isinstance(result, ParseFailure) and result.reason == "no_ranking", (
+                template.summary(),
+                echo,
+                result,
+            )
 
 
 def test_a_reply_prefix_is_sent_as_the_start_of_the_answer_and_read_back() -> None:

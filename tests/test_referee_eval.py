@@ -86,8 +86,20 @@ def test_load_rows_errors_and_limit(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".json", ".csv"])
 def test_cli_on_the_tiny_model(tiny_model_dir: str, tmp_path: Path, suffix: str, capsys) -> None:
     out = tmp_path / f"report{suffix}"
-    argv = ["--model", tiny_model_dir, "--data", str(rewardbench_file(tmp_path)), "--adapter", "rewardbench",
-            "--max-new-tokens", "4", "--batch-size", "4", "--output", str(out)]
+    argv = [
+        "--model",
+        tiny_model_dir,
+        "--data",
+        str(rewardbench_file(tmp_path)),
+        "--adapter",
+        "rewardbench",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "4",
+        "--output",
+        str(out),
+    ]
     if suffix == ".csv":
         argv += ["--temperature", "0.7"]
     report = main(argv)

@@ -69,8 +69,10 @@ def test_only_the_referees_own_parse_shares_are_read():
 def test_a_referee_that_never_parses_is_reported_in_the_bar_and_warned_once(tiny_model_dir, tmp_path):
     # A random tiny model never writes a <ranking> block: every judgment of every step fails to parse.
     module = with_watch(make_module(tiny_model_dir, rewards=[PreferenceReward()]), after_steps=2)
-    batch = [PreferenceRow(source="t", index=i, prompt=f"What is {i} + 1?", responses=(str(i + 1), "7"), scores=(1.0, 0.0))
-             for i in range(2)]
+    batch = [
+        PreferenceRow(source="t", index=i, prompt=f"What is {i} + 1?", responses=(str(i + 1), "7"), scores=(1.0, 0.0))
+        for i in range(2)
+    ]
     caught = fit(module, 3, tmp_path, batch)
     assert len(caught) == 1, [str(w.message) for w in caught]  # once, not every step
     message = str(caught[0].message)

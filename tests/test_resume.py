@@ -84,11 +84,21 @@ def test_resume_after_kill_9_continues_the_straight_run(tiny_model_dir, tmp_path
     from tests.test_cli import ROOT, fit_args
 
     steps = 6
-    run_fit(tiny_model_dir, tmp_path / "straight", "--trainer.max_steps", str(steps),
-            *_reward_args(tmp_path / "straight.jsonl"))
+    run_fit(
+        tiny_model_dir,
+        tmp_path / "straight",
+        "--trainer.max_steps",
+        str(steps),
+        *_reward_args(tmp_path / "straight.jsonl"),
+    )
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "urpo.cli", *fit_args(tiny_model_dir, killed, "--trainer.max_steps", "1000"),
-               *_reward_args(tmp_path / "killed.jsonl")]
+    command = [
+        sys.executable,
+        "-m",
+        "urpo.cli",
+        *fit_args(tiny_model_dir, killed, "--trainer.max_steps", "1000"),
+        *_reward_args(tmp_path / "killed.jsonl"),
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (killed / "checkpoints" / "epoch=0-step=2.ckpt").exists():
@@ -98,8 +108,15 @@ def test_resume_after_kill_9_continues_the_straight_run(tiny_model_dir, tmp_path
     process.wait(timeout=30)
     saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 2 <= saved < steps
-    run_fit(tiny_model_dir, killed, "--ckpt_path", "last", "--trainer.max_steps", str(steps),
-            *_reward_args(tmp_path / "resumed.jsonl"))
+    run_fit(
+        tiny_model_dir,
+        killed,
+        "--ckpt_path",
+        "last",
+        "--trainer.max_steps",
+        str(steps),
+        *_reward_args(tmp_path / "resumed.jsonl"),
+    )
 
     straight, resumed = _steps(tmp_path / "straight.jsonl"), _steps(tmp_path / "resumed.jsonl")
     assert len(resumed) == steps - saved

@@ -34,8 +34,20 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
 
 def train(out: Path, model: str, strategy: str, *extra: str) -> list[dict]:
     devices = "1" if strategy == "single" else "2"
-    run_script("fixed_update.py", "--strategy", strategy, "--devices", devices, "--model", model, "--out", str(out),
-               "--beta", "0.1", *extra)
+    run_script(
+        "fixed_update.py",
+        "--strategy",
+        strategy,
+        "--devices",
+        devices,
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--beta",
+        "0.1",
+        *extra,
+    )
     return reports(out)
 
 
@@ -91,8 +103,16 @@ def test_preset_is_usable_from_yaml(tiny_model_dir, capsys):
     from urpo.cli import main
 
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(ROOT / "tests/dist/fsdp2_tiny.yaml"), "--model.model.name_or_path", tiny_model_dir,
-              "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "tests/dist/fsdp2_tiny.yaml"),
+                "--model.model.name_or_path",
+                tiny_model_dir,
+                "--print_config",
+            ]
+        )
     printed = capsys.readouterr().out
     assert "class_path: urpo.strategies.FSDP2Strategy" in printed
     assert "activation_checkpointing: true" in printed and "param_dtype: bfloat16" in printed
@@ -104,8 +124,13 @@ def test_preset_is_usable_from_yaml(tiny_model_dir, capsys):
 @pytest.mark.slow
 def test_sharding_units_on_two_ranks(tiny_model_dir, tmp_path):
     """fully_shard on layers and root, activation checkpointing, gathering for generation, peft, the reference."""
-    run_module("torch.distributed.run", "--nproc_per_node=2", str(ROOT / "tests/dist/shard_units.py"),
-               tiny_model_dir, str(tmp_path))
+    run_module(
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        str(ROOT / "tests/dist/shard_units.py"),
+        tiny_model_dir,
+        str(tmp_path),
+    )
     for report in reports(tmp_path):
         assert report["layers"] == ["Qwen2DecoderLayer"] * 2 and report["peft_layers"] == 2
         assert report["checkpointing_on"] and report["checkpointing_grad_diff"] < 1e-6
@@ -154,8 +179,18 @@ def test_fsdp2_lora_reference_is_the_base_and_export_merges(tiny_model_dir, tmp_
     """LoRA under FSDP2 with bf16 compute and activation checkpointing: no reference copy, adapters off = base."""
     from transformers import AutoModelForCausalLM
 
-    runs = train(tmp_path, tiny_model_dir, "fsdp2", "--steps", "2", "--lora", "--param-dtype", "bfloat16",
-                 "--activation-checkpointing", "--export")
+    runs = train(
+        tmp_path,
+        tiny_model_dir,
+        "fsdp2",
+        "--steps",
+        "2",
+        "--lora",
+        "--param-dtype",
+        "bfloat16",
+        "--activation-checkpointing",
+        "--export",
+    )
     for report in runs:
         assert report["policy_sharded"] and report["reference_dtype"] is None
         assert report["reference_vs_base"] < 5e-3  # bf16 matmuls against the float32 base
@@ -163,7 +198,9 @@ def test_fsdp2_lora_reference_is_the_base_and_export_merges(tiny_model_dir, tmp_
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_model").state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert exported.keys() == base.keys()
-    assert not torch.equal(exported["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        exported["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
     torch.testing.assert_close(exported["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
 
 
@@ -172,10 +209,20 @@ def test_cli_fsdp2_run_writes_dcp_checkpoints_and_a_loadable_model(tiny_model_di
     """`urpo fit` with ``trainer.strategy: urpo.strategies.FSDP2Strategy`` on 2 CPU ranks, end to end."""
     from transformers import AutoModelForCausalLM
 
-    run_module("urpo.cli", "fit", "--config", str(ROOT / "tests/dist/fsdp2_tiny.yaml"),
-               "--model.model.name_or_path", tiny_model_dir, "--trainer.logger.init_args.save_dir", str(tmp_path),
-               "--trainer.default_root_dir", str(tmp_path),
-               "--data.sources", json.dumps([{"adapter": "gsm8k", "path": str(SAMPLES)}]))
+    run_module(
+        "urpo.cli",
+        "fit",
+        "--config",
+        str(ROOT / "tests/dist/fsdp2_tiny.yaml"),
+        "--model.model.name_or_path",
+        tiny_model_dir,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.sources",
+        json.dumps([{"adapter": "gsm8k", "path": str(SAMPLES)}]),
+    )
     run = tmp_path / "fsdp2" / "version_0"
     checkpoint = run / "checkpoints" / "epoch=0-step=2.ckpt"
     assert checkpoint.is_dir() and (checkpoint / ".metadata").is_file()
@@ -187,8 +234,26 @@ def test_cli_fsdp2_run_writes_dcp_checkpoints_and_a_loadable_model(tiny_model_di
 @pytest.mark.gpu
 def test_fsdp2_on_cuda_in_bf16(tiny_model_dir, tmp_path):
     devices = str(min(torch.cuda.device_count(), 2))
-    run_script("fixed_update.py", "--strategy", "fsdp2", "--accelerator", "cuda", "--devices", devices,
-               "--model", tiny_model_dir, "--out", str(tmp_path), "--param-dtype", "bfloat16", "--beta", "0.1",
-               "--lora", "--activation-checkpointing", "--steps", "2")
+    run_script(
+        "fixed_update.py",
+        "--strategy",
+        "fsdp2",
+        "--accelerator",
+        "cuda",
+        "--devices",
+        devices,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        str(tmp_path),
+        "--param-dtype",
+        "bfloat16",
+        "--beta",
+        "0.1",
+        "--lora",
+        "--activation-checkpointing",
+        "--steps",
+        "2",
+    )
     for report in reports(tmp_path):
         assert report["policy_sharded"] and report["reference_vs_base"] < 5e-3

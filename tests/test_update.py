@@ -22,7 +22,9 @@ def _with_engine_logprobs(module, sequences: list[TrainSequence]) -> list[TrainS
     with torch.no_grad():
         for seq in sequences:
             batch = collate([seq], module.tokenizer.pad_token_id, module.device)
-            logp = token_logprobs(completion_logits(module.policy, batch, module.sampling.temperature), batch.completion_ids)
+            logp = token_logprobs(
+                completion_logits(module.policy, batch, module.sampling.temperature), batch.completion_ids
+            )
             out.append(dataclasses.replace(seq, engine_logprobs=[v - SHIFT for v in logp[0].tolist()]))
     return out
 

@@ -259,8 +259,11 @@ def _fit(model_dir: Path, tmp_path: Path, precision: str, steps: int = 3, rows=N
         rows = [VerifiableRow(source="t", index=i, prompt=f"What is {i} + 2?", answer=str(i + 2)) for i in range(4)]
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(str(model_dir)), rewards=rewards or [_length_reward()], grpo=GRPOArgs(num_generations=4),
-        sampling=SamplingArgs(max_new_tokens=12), engine="vllm",
+        ModelArgs(str(model_dir)),
+        rewards=rewards or [_length_reward()],
+        grpo=GRPOArgs(num_generations=4),
+        sampling=SamplingArgs(max_new_tokens=12),
+        engine="vllm",
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
         vllm=VLLMArgs(kv_cache_memory_bytes=64 << 20),  # max_model_len: the model's 1024 (referee prompts are long)
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
@@ -268,8 +271,15 @@ def _fit(model_dir: Path, tmp_path: Path, precision: str, steps: int = 3, rows=N
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)] * steps
     loader = DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, train_dataloaders=loader)
     return trainer, module

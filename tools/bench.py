@@ -26,7 +26,9 @@ class _PhaseRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:
         logged = trainer.callback_metrics
-        self.steps.append({k: float(v) for k, v in logged.items() if k.startswith(("time/", "throughput/", "completion/tokens"))})
+        self.steps.append(
+            {k: float(v) for k, v in logged.items() if k.startswith(("time/", "throughput/", "completion/tokens"))}
+        )
 
 
 def _batch_build_seconds(datamodule, rows: int = 64, repeats: int = 20) -> float:
@@ -53,9 +55,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="training steps to run (the first is a warm-up)")
     known, rest = parser.parse_known_args(argv)
-    overrides = ["--trainer.max_steps", str(known.steps), "--trainer.logger", "false",
-                 "--trainer.enable_checkpointing", "false", "--model.logging.export_dir", "null",
-                 "--model.logging.samples_every_n_steps", "0", "--trainer.callbacks", "null"]
+    overrides = [
+        "--trainer.max_steps",
+        str(known.steps),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--model.logging.export_dir",
+        "null",
+        "--model.logging.samples_every_n_steps",
+        "0",
+        "--trainer.callbacks",
+        "null",
+    ]
     cli = URPOCLI(URPOModule, URPODataModule, run=False, args=rest + overrides, save_config_callback=None)
     recorder = _PhaseRecorder()
     cli.trainer.callbacks.append(recorder)

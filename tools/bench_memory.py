@@ -54,18 +54,28 @@ def run_one(spec: dict) -> None:
     judge = SelfJudge() if spec["mode"] == "unified" else FrozenJudge(spec["model"])
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(spec["model"]), rewards=[answer_reward_callback(), PreferenceReward(), judge],
-        grpo=GRPOArgs(num_generations=spec["g"]), sampling=SamplingArgs(max_new_tokens=spec["length"]),
+        ModelArgs(spec["model"]),
+        rewards=[answer_reward_callback(), PreferenceReward(), judge],
+        grpo=GRPOArgs(num_generations=spec["g"]),
+        sampling=SamplingArgs(max_new_tokens=spec["length"]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
     )
     rows = bench_rows(4 * spec["steps"], three_kinds=True)  # every 4 rows: 2 verifiable, 1 preference, 1 open
-    loader = torch.utils.data.DataLoader([rows[i : i + 4] for i in range(0, len(rows), 4)], batch_size=None,
-                                         collate_fn=lambda b: b)
+    loader = torch.utils.data.DataLoader(
+        [rows[i : i + 4] for i in range(0, len(rows), 4)], batch_size=None, collate_fn=lambda b: b
+    )
     times = StepTimes()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=spec["steps"], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[times], default_root_dir=spec["workdir"],
+        accelerator="cpu",
+        devices=1,
+        max_steps=spec["steps"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[times],
+        default_root_dir=spec["workdir"],
     )
     trainer.fit(module, train_dataloaders=loader)
     seconds = sorted(times.seconds[1:] or times.seconds)
@@ -99,18 +109,29 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
         params = build_model(Path(work) / "model", args.size)
-        base = {"model": str(Path(work) / "model"), "g": args.g, "length": args.length, "steps": args.steps,
-                "workdir": work}
+        base = {
+            "model": str(Path(work) / "model"),
+            "g": args.g,
+            "length": args.length,
+            "steps": args.steps,
+            "workdir": work,
+        }
         results = {mode: measure({**base, "mode": mode}) for mode in ("unified", "separate")}
     unified, separate = results["unified"], results["separate"]
-    print(f"Machine: {machine()}. Model: Qwen2 '{args.size}', {params / 1e6:.1f}M parameters, fp32. Work per step: "
-          f"2 verifiable + 1 preference + 1 open row x G={args.g} x {args.length} new tokens, {args.steps} steps.\n")
+    print(
+        f"Machine: {machine()}. Model: Qwen2 '{args.size}', {params / 1e6:.1f}M parameters, fp32. Work per step: "
+        f"2 verifiable + 1 preference + 1 open row x G={args.g} x {args.length} new tokens, {args.steps} steps.\n"
+    )
     print("| referee of the open rows | peak RSS GB | median step s |\n|---|---|---|")
     print(f"| the policy itself (URPO, one model) | {unified['peak_rss_gb']:.2f} | {unified['median_step_s']:.2f} |")
-    print(f"| a separate frozen copy (policy + referee) | {separate['peak_rss_gb']:.2f} | "
-          f"{separate['median_step_s']:.2f} |")
-    print(f"\none model / two models: {unified['peak_rss_gb'] / separate['peak_rss_gb']:.2f}x peak memory; "
-          f"the copy costs {separate['peak_rss_gb'] - unified['peak_rss_gb']:.2f} GB")
+    print(
+        f"| a separate frozen copy (policy + referee) | {separate['peak_rss_gb']:.2f} | "
+        f"{separate['median_step_s']:.2f} |"
+    )
+    print(
+        f"\none model / two models: {unified['peak_rss_gb'] / separate['peak_rss_gb']:.2f}x peak memory; "
+        f"the copy costs {separate['peak_rss_gb'] - unified['peak_rss_gb']:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

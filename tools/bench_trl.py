@@ -57,9 +57,16 @@ def build_model(folder: Path, size: str) -> int:
     tokenizer = chatml_tokenizer(corpus, vocab_size=vocab)
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
@@ -75,8 +82,15 @@ def bench_rows(count: int, three_kinds: bool = False) -> list:
     for i in range(count):
         a, b = i % 30, (7 * i) % 30
         if three_kinds and i % 4 == 2:
-            rows.append(PreferenceRow(source="bench", index=i, prompt=f"What is {a} + {b}?",
-                                      responses=(f"It is {a + b}.", f"It is {a + b + 1}."), scores=(1.0, 0.0)))
+            rows.append(
+                PreferenceRow(
+                    source="bench",
+                    index=i,
+                    prompt=f"What is {a} + {b}?",
+                    responses=(f"It is {a + b}.", f"It is {a + b + 1}."),
+                    scores=(1.0, 0.0),
+                )
+            )
         elif three_kinds and i % 4 == 3:
             rows.append(OpenRow(source="bench", index=i, prompt=f"Write one sentence about the number {a + b}."))
         else:
@@ -150,19 +164,30 @@ def run_urpo(spec: dict) -> None:
         rewards += [PreferenceReward(), SelfJudge()]
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(spec["model"]), rewards=rewards, grpo=GRPOArgs(num_generations=spec["g"]),
-        sampling=SamplingArgs(max_new_tokens=spec["length"]), engine=spec["engine"],
+        ModelArgs(spec["model"]),
+        rewards=rewards,
+        grpo=GRPOArgs(num_generations=spec["g"]),
+        sampling=SamplingArgs(max_new_tokens=spec["length"]),
+        engine=spec["engine"],
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
-        vllm=VLLMArgs(kv_cache_memory_bytes=256 << 20, max_model_len=1024,
-                      sampling_kwargs={"min_tokens": spec["length"]}),
+        vllm=VLLMArgs(
+            kv_cache_memory_bytes=256 << 20, max_model_len=1024, sampling_kwargs={"min_tokens": spec["length"]}
+        ),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
     )
     rows = bench_rows(spec["prompts"] * spec["steps"], spec["three_kinds"])
     batches = [rows[i : i + spec["prompts"]] for i in range(0, len(rows), spec["prompts"])]
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=spec["steps"], precision=spec["precision"], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[Stepper()],
+        accelerator="cpu",
+        devices=1,
+        max_steps=spec["steps"],
+        precision=spec["precision"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Stepper()],
         default_root_dir=spec["workdir"],
     )
     trainer.fit(module, train_dataloaders=loader)
@@ -202,19 +227,36 @@ def run_trl(spec: dict) -> None:
                 lengths.append(logs["completions/mean_length"])
 
     config = GRPOConfig(
-        output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=spec["steps"],
-        per_device_train_batch_size=spec["prompts"] * spec["g"], num_generations=spec["g"],
-        max_completion_length=spec["length"], generation_kwargs={"min_new_tokens": spec["length"]},
-        learning_rate=1e-6, weight_decay=0.0, beta=0.0, num_iterations=1, use_cpu=True,
-        bf16=spec["precision"].startswith("bf16"), use_vllm=False, gradient_checkpointing=False,
-        logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, seed=0,
+        output_dir=str(Path(spec["workdir"]) / "trl"),
+        max_steps=spec["steps"],
+        per_device_train_batch_size=spec["prompts"] * spec["g"],
+        num_generations=spec["g"],
+        max_completion_length=spec["length"],
+        generation_kwargs={"min_new_tokens": spec["length"]},
+        learning_rate=1e-6,
+        weight_decay=0.0,
+        beta=0.0,
+        num_iterations=1,
+        use_cpu=True,
+        bf16=spec["precision"].startswith("bf16"),
+        use_vllm=False,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        dataloader_num_workers=0,
+        seed=0,
         disable_tqdm=True,
     )
-    trainer = GRPOTrainer(model=spec["model"], reward_funcs=reward, args=config, train_dataset=data,
-                          callbacks=[Stepper()])
+    trainer = GRPOTrainer(
+        model=spec["model"], reward_funcs=reward, args=config, train_dataset=data, callbacks=[Stepper()]
+    )
     trainer.train()
-    _report("done", max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            mean_length=statistics.mean(lengths) if lengths else float("nan"))
+    _report(
+        "done",
+        max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        mean_length=statistics.mean(lengths) if lengths else float("nan"),
+    )
 
 
 # ---- the coordinator ------------------------------------------------------------------------------------------------
@@ -223,11 +265,22 @@ def run_trl(spec: dict) -> None:
 class Worker:
     def __init__(self, name: str, spec: dict, log: Path) -> None:
         self.name, self.spec, self.steps, self.final = name, spec, [], {}
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "PYTHONPATH": str(ROOT),
+        }
         self.log = log.open("w")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
 
     def expect(self, kind: str) -> dict:
         for line in self.proc.stdout:
@@ -251,11 +304,17 @@ class Worker:
         seconds = statistics.median(s["seconds"] for s in timed)
         tokens = [s["tokens"] for s in timed if s["tokens"] == s["tokens"]]
         tokens_per_step = statistics.mean(tokens) if tokens else self.final.get("mean_length", length) * completions
-        return {"steps_per_s": 1 / seconds, "tokens_per_s": tokens_per_step / seconds, "seconds": seconds,
-                "rss_gb": self.final["max_rss_mb"] / 1024, "tokens_per_step": tokens_per_step, "startup_s": self.ready,
-                "mismatch": statistics.mean(s.get("mismatch/logp_abs_diff", float("nan")) for s in timed),
-                "rollout_s": statistics.mean(s.get("time/rollout", float("nan")) for s in timed),
-                "update_s": statistics.mean(s.get("time/update", float("nan")) for s in timed)}
+        return {
+            "steps_per_s": 1 / seconds,
+            "tokens_per_s": tokens_per_step / seconds,
+            "seconds": seconds,
+            "rss_gb": self.final["max_rss_mb"] / 1024,
+            "tokens_per_step": tokens_per_step,
+            "startup_s": self.ready,
+            "mismatch": statistics.mean(s.get("mismatch/logp_abs_diff", float("nan")) for s in timed),
+            "rollout_s": statistics.mean(s.get("time/rollout", float("nan")) for s in timed),
+            "update_s": statistics.mean(s.get("time/update", float("nan")) for s in timed),
+        }
 
 
 def run_pair(urpo_spec: dict, trl_spec: dict, name: str, logs: Path) -> tuple[dict, dict]:
@@ -275,8 +334,18 @@ def run_pair(urpo_spec: dict, trl_spec: dict, name: str, logs: Path) -> tuple[di
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "?"
+    )
     import torch
 
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
@@ -290,10 +359,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--g", type=int, default=4, help="completions per prompt (G)")
     parser.add_argument("--length", type=int, default=None, help="tokens per completion (default 64; 16 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="steps per configuration, 1st untimed (default 4)")
-    parser.add_argument("--configs", default=None,
-                        help="comma-separated urpo configurations ENGINE-PRECISION, ENGINE in hf, vllm, urpo3 (the "
-                        "three-kind vLLM step), PRECISION in 32, bf16 (default: all five pairs; hf-32,vllm-32 with "
-                        "--quick)")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="comma-separated urpo configurations ENGINE-PRECISION, ENGINE in hf, vllm, urpo3 (the "
+        "three-kind vLLM step), PRECISION in 32, bf16 (default: all five pairs; hf-32,vllm-32 with "
+        "--quick)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -315,15 +387,25 @@ def main(argv: list[str] | None = None) -> None:
 def run_all(args: argparse.Namespace, size: str, length: int, steps: int, work: Path) -> None:
     t0 = time.perf_counter()
     params = build_model(work / "model", size)
-    base = {"model": str(work / "model"), "prompts": args.prompts, "g": args.g, "length": length, "steps": steps,
-            "workdir": str(work)}
+    base = {
+        "model": str(work / "model"),
+        "prompts": args.prompts,
+        "g": args.g,
+        "length": length,
+        "steps": steps,
+        "workdir": str(work),
+    }
     precisions = {"32": "32-true", "bf16": "bf16-mixed"}
     results = []
     configs = args.configs or ("hf-32,vllm-32" if args.quick else "hf-32,vllm-32,urpo3-32,hf-bf16,vllm-bf16")
     for config in configs.split(","):
         engine, precision = config.split("-")
-        spec = dict(base, engine="vllm" if engine == "urpo3" else engine, precision=precisions[precision],
-                    three_kinds=engine == "urpo3")
+        spec = dict(
+            base,
+            engine="vllm" if engine == "urpo3" else engine,
+            precision=precisions[precision],
+            three_kinds=engine == "urpo3",
+        )
         trl_spec = dict(base, engine="trl", precision=precisions[precision], three_kinds=False)
         print(f"  {config} ...", flush=True)
         ours, theirs = run_pair(spec, trl_spec, config, work)

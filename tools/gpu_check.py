@@ -48,6 +48,8 @@ def time_left(stage: str, gpus: int = 1) -> int:
     if gpus == 0:
         return CPU_LIMIT
     return int(min(LIMITS[stage], TOTAL_SECONDS - (time.monotonic() - _START)))
+
+
 SAMPLES = ROOT / "src/urpo/data/samples"
 
 
@@ -89,12 +91,19 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
     """The ``urpo fit`` config of a training stage ('hf', 'vllm' or 'fsdp2'); ``gpus`` 0 is the CPU fallback."""
     on_gpu = gpus > 0
     trainer: dict[str, Any] = {
-        "accelerator": "gpu" if on_gpu else "cpu", "devices": gpus if stage == "fsdp2" else 1,
-        "precision": "bf16-mixed" if on_gpu else "32-true", "max_steps": 3 if on_gpu else 1, "logger": False,
-        "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+        "accelerator": "gpu" if on_gpu else "cpu",
+        "devices": gpus if stage == "fsdp2" else 1,
+        "precision": "bf16-mixed" if on_gpu else "32-true",
+        "max_steps": 3 if on_gpu else 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
         # The CLI saves the resolved config.yaml under the root dir: in OUT_DIR, not the repository.
         "default_root_dir": str(out / stage),
-        "callbacks": [{"class_path": "urpo.plan.measure.PeakMemory", "init_args": {"path": str(out / f"{stage}_peak.json")}}],
+        "callbacks": [
+            {"class_path": "urpo.plan.measure.PeakMemory", "init_args": {"path": str(out / f"{stage}_peak.json")}}
+        ],
     }
     model: dict[str, Any] = {
         "model": {"name_or_path": model_dir, "dtype": "float32"},
@@ -114,8 +123,10 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         model["vllm"] = {"kv_cache_memory_bytes": 4 << 30, "enforce_eager": True}
     if stage == "fsdp2":
         trainer["precision"] = "32-true"  # FSDP2's mixed-precision policy computes in bf16
-        trainer["strategy"] = {"class_path": "urpo.strategies.FSDP2Strategy",
-                               "init_args": {"param_dtype": "bfloat16", "activation_checkpointing": True}}
+        trainer["strategy"] = {
+            "class_path": "urpo.strategies.FSDP2Strategy",
+            "init_args": {"param_dtype": "bfloat16", "activation_checkpointing": True},
+        }
     sources = [
         {"adapter": "gsm8k", "path": str(SAMPLES / "gsm8k_train.jsonl")},
         {"adapter": "hh_rlhf", "path": str(SAMPLES / "hh_rlhf_harmless_base_test.jsonl")},
@@ -124,19 +135,31 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
     mixture = {"verifiable": 0.5, "preference": 0.25, "open": 0.25}
     if not on_gpu:  # the tiny tokenizer spells English nearly byte by byte: HH-RLHF dialogues would not fit
         sources, mixture = [sources[0], sources[2]], {"verifiable": 0.5, "open": 0.5}
-    data = {"sources": sources, "mixture": mixture, "batch_size": 8 if on_gpu else 4,
-            "max_prompt_tokens": 1024 if on_gpu else 128, "prompt_overflow": "truncate"}
+    data = {
+        "sources": sources,
+        "mixture": mixture,
+        "batch_size": 8 if on_gpu else 4,
+        "max_prompt_tokens": 1024 if on_gpu else 128,
+        "prompt_overflow": "truncate",
+    }
     return {"seed_everything": 0, "trainer": trainer, "curves": {"enabled": False}, "model": model, "data": data}
 
 
 def run(cmd: list[str], limit: int, log: Path) -> tuple[int, float]:
     """Run a command with a time limit, its output to ``log``; returns (exit status, seconds). 124: timed out."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     start = time.perf_counter()
     with log.open("w") as handle:
         try:
-            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=limit).returncode
+            code = subprocess.run(
+                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=limit
+            ).returncode
         except subprocess.TimeoutExpired:
             code = 124
     return code, time.perf_counter() - start
@@ -148,10 +171,16 @@ def pytest_stage(out: Path, gpus: int) -> dict[str, Any]:
     log = out / "pytest_gpu.log"
     if time_left("pytest") < 10:
         return {"status": "skipped", "why": "out of time"}
-    code, seconds = run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], time_left("pytest"), log)
+    code, seconds = run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], time_left("pytest"), log
+    )
     tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
-    return {"status": "pass" if code == 0 else ("timeout" if code == 124 else "fail"), "exit": code,
-            "seconds": round(seconds, 1), "result": tail[0] if tail else ""}
+    return {
+        "status": "pass" if code == 0 else ("timeout" if code == 124 else "fail"),
+        "exit": code,
+        "seconds": round(seconds, 1),
+        "result": tail[0] if tail else "",
+    }
 
 
 def training_stage(stage: str, model_dir: str, out: Path, gpus: int) -> dict[str, Any]:
@@ -163,8 +192,12 @@ def training_stage(stage: str, model_dir: str, out: Path, gpus: int) -> dict[str
     if limit < 10:
         return {"status": "skipped", "why": "out of time", "config": str(path)}
     code, seconds = run([sys.executable, "-m", "urpo.cli", "fit", "--config", str(path)], limit, out / f"{stage}.log")
-    result: dict[str, Any] = {"status": "pass" if code == 0 else ("timeout" if code == 124 else "fail"),
-                              "exit": code, "seconds": round(seconds, 1), "config": str(path)}
+    result: dict[str, Any] = {
+        "status": "pass" if code == 0 else ("timeout" if code == 124 else "fail"),
+        "exit": code,
+        "seconds": round(seconds, 1),
+        "config": str(path),
+    }
     result.update(planned(config, gpus))
     peak_file = out / f"{stage}_peak.json"
     if code == 0 and peak_file.is_file():
@@ -182,8 +215,11 @@ def planned(config: dict[str, Any], gpus: int) -> dict[str, Any]:
         facts = model_facts(setup.model)
         plan = memory_plan(setup, facts, cuda=gpus > 0)
         times = step_time(setup, facts, 1.0)
-        return {"plan_peak_gb": round(plan.peak / 1e9, 3), "plan_peak_phase": plan.peak_phase,
-                "plan_flops_per_step": times.train_flops + times.generate_flops}
+        return {
+            "plan_peak_gb": round(plan.peak / 1e9, 3),
+            "plan_peak_phase": plan.peak_phase,
+            "plan_flops_per_step": times.train_flops + times.generate_flops,
+        }
     except Exception as err:  # noqa: BLE001 - a failing plan is a finding to report, not a reason to stop
         return {"plan_error": f"{type(err).__name__}: {err}"}
 
@@ -194,10 +230,13 @@ def measured(figures: dict[str, Any]) -> dict[str, Any]:
     step = statistics.median(timed) if timed else float("nan")
     tokens = figures.get("completion_tokens") or []
     per_step_tokens = statistics.mean(tokens[1:] or tokens) if tokens else float("nan")
-    return {"step_seconds": [round(s, 3) for s in steps], "median_step_s": round(step, 3),
-            "completion_tokens_per_s": round(per_step_tokens / step, 1) if step == step and step > 0 else None,
-            "peak_gb": round(figures["peak_above_baseline_bytes"] / 1e9, 3),
-            "peak_reserved_gb": round(figures.get("peak_reserved_bytes", 0) / 1e9, 3) or None}
+    return {
+        "step_seconds": [round(s, 3) for s in steps],
+        "median_step_s": round(step, 3),
+        "completion_tokens_per_s": round(per_step_tokens / step, 1) if step == step and step > 0 else None,
+        "peak_gb": round(figures["peak_above_baseline_bytes"] / 1e9, 3),
+        "peak_reserved_gb": round(figures.get("peak_reserved_bytes", 0) / 1e9, 3) or None,
+    }
 
 
 def summary(results: dict[str, Any], gpus: int, json_path: Path) -> str:
@@ -207,14 +246,21 @@ def summary(results: dict[str, Any], gpus: int, json_path: Path) -> str:
         status = stage.get("status", "skipped")
         text = f"{name} {status}"
         if "peak_gb" in stage:
-            text += (f" ({stage['median_step_s']:.2f} s/step, {stage['completion_tokens_per_s']} tok/s, peak "
-                     f"{stage['peak_gb']:.2f} GB vs plan {stage.get('plan_peak_gb', '?')} GB)")
+            text += (
+                f" ({stage['median_step_s']:.2f} s/step, {stage['completion_tokens_per_s']} tok/s, peak "
+                f"{stage['peak_gb']:.2f} GB vs plan {stage.get('plan_peak_gb', '?')} GB)"
+            )
         elif status not in ("pass", "skipped") or "why" in stage:
             text += f" ({stage.get('why') or stage.get('result') or 'see ' + name + '.log'})"
         parts.append(text)
-    ok = all(results["stages"].get(n, {}).get("status") in ("pass", "skipped") for n in ("pytest", "hf", "vllm", "fsdp2"))
-    head = "gpu_check: " + ("CPU FALLBACK (no CUDA GPU; nothing GPU-specific was checked)" if gpus == 0 else
-                            ("PASS" if ok else "FAIL") + f" on {gpus} x {results['device']}")
+    ok = all(
+        results["stages"].get(n, {}).get("status") in ("pass", "skipped") for n in ("pytest", "hf", "vllm", "fsdp2")
+    )
+    head = "gpu_check: " + (
+        "CPU FALLBACK (no CUDA GPU; nothing GPU-specific was checked)"
+        if gpus == 0
+        else ("PASS" if ok else "FAIL") + f" on {gpus} x {results['device']}"
+    )
     return f"{head}: {'; '.join(parts)}; figures in {json_path}"
 
 
@@ -229,8 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gpus = 0 if args.cpu or not torch.cuda.is_available() else torch.cuda.device_count()
     device = torch.cuda.get_device_name(0) if gpus else "cpu"
-    print(f"gpu_check: {gpus} CUDA GPU(s) ({device})" if gpus else "gpu_check: no CUDA GPU: CPU fallback (tiny model, "
-          "one CPU step; the gpu stages are skipped)", flush=True)
+    print(
+        f"gpu_check: {gpus} CUDA GPU(s) ({device})"
+        if gpus
+        else "gpu_check: no CUDA GPU: CPU fallback (tiny model, one CPU step; the gpu stages are skipped)",
+        flush=True,
+    )
     results: dict[str, Any] = {"device": device, "gpus": gpus, "torch": torch.__version__, "stages": {}}
     model_dir = build_check_model(out / ("qwen2.5-0.5b-random" if gpus else "tiny-random"), on_gpu=gpus > 0)
     stages = results["stages"]
@@ -243,8 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     if gpus == 0:
         stages["vllm"] = stages["fsdp2"] = {"status": "skipped", "why": "no CUDA GPU"}
     else:
-        stages["vllm"] = (training_stage("vllm", model_dir, out, gpus) if find_spec("vllm") is not None
-                          else {"status": "skipped", "why": "vllm is not installed"})
+        stages["vllm"] = (
+            training_stage("vllm", model_dir, out, gpus)
+            if find_spec("vllm") is not None
+            else {"status": "skipped", "why": "vllm is not installed"}
+        )
         print(f"  vllm: {stages['vllm']}", flush=True)
         stages["fsdp2"] = training_stage("fsdp2", model_dir, out, gpus)
         print(f"  fsdp2: {stages['fsdp2']}", flush=True)

@@ -45,8 +45,13 @@ def job_spec(
         "HF_HUB_OFFLINE": "1",  # pre-fetch models and datasets into the studio's cache once (docs/scaling.md)
         **(env or {}),
     }
-    spec: dict[str, Any] = {"name": name, "machine": machine, "command": command, "num_machines": num_machines,
-                            "env": job_env}
+    spec: dict[str, Any] = {
+        "name": name,
+        "machine": machine,
+        "command": command,
+        "num_machines": num_machines,
+        "env": job_env,
+    }
     if studio is not None:
         spec["studio"] = studio
     return spec

@@ -41,8 +41,14 @@ GSM8K = str(ROOT / "src/urpo/data/samples/gsm8k_train.jsonl")
 BASE: dict[str, Any] = {
     "seed_everything": 0,
     "trainer": {
-        "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": 2, "logger": False,
-        "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "max_steps": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
     },
     "curves": {"enabled": False},
     "model": {
@@ -54,7 +60,9 @@ BASE: dict[str, Any] = {
         "logging": {"samples_every_n_steps": 0, "export_dir": None},
     },
     "data": {
-        "sources": [{"adapter": "gsm8k", "path": GSM8K}], "batch_size": 8, "max_prompt_tokens": 128,
+        "sources": [{"adapter": "gsm8k", "path": GSM8K}],
+        "batch_size": 8,
+        "max_prompt_tokens": 128,
         "prompt_overflow": "truncate",
     },
 }
@@ -66,14 +74,37 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny_lora": ("tiny", {"model.lora": {"r": 8}}),
     "tiny_beta": ("tiny", {"model.grpo.beta": 0.04}),
     "tiny_micro": ("tiny", {"model.grpo.max_tokens_per_micro_batch": 2048}),
-    "100m_full": ("100m", {"model.grpo.max_tokens_per_micro_batch": 2048, "model.grpo.num_generations": 4,
-                           "data.batch_size": 4, "model.sampling.max_new_tokens": 64}),
-    "100m_lora_beta": ("100m", {"model.lora": {"r": 16}, "model.grpo.beta": 0.04, "model.grpo.num_generations": 4,
-                                "model.grpo.max_tokens_per_micro_batch": 2048, "data.batch_size": 4,
-                                "model.sampling.max_new_tokens": 64}),
-    "100m_beta_ckpt": ("100m", {"model.grpo.beta": 0.04, "model.gradient_checkpointing": True,
-                                "model.grpo.num_generations": 4, "model.grpo.max_tokens_per_micro_batch": 1024,
-                                "data.batch_size": 4, "model.sampling.max_new_tokens": 64}),
+    "100m_full": (
+        "100m",
+        {
+            "model.grpo.max_tokens_per_micro_batch": 2048,
+            "model.grpo.num_generations": 4,
+            "data.batch_size": 4,
+            "model.sampling.max_new_tokens": 64,
+        },
+    ),
+    "100m_lora_beta": (
+        "100m",
+        {
+            "model.lora": {"r": 16},
+            "model.grpo.beta": 0.04,
+            "model.grpo.num_generations": 4,
+            "model.grpo.max_tokens_per_micro_batch": 2048,
+            "data.batch_size": 4,
+            "model.sampling.max_new_tokens": 64,
+        },
+    ),
+    "100m_beta_ckpt": (
+        "100m",
+        {
+            "model.grpo.beta": 0.04,
+            "model.gradient_checkpointing": True,
+            "model.grpo.num_generations": 4,
+            "model.grpo.max_tokens_per_micro_batch": 1024,
+            "data.batch_size": 4,
+            "model.sampling.max_new_tokens": 64,
+        },
+    ),
 }
 
 
@@ -99,7 +130,9 @@ def case_config(model_dir: str, changes: dict[str, Any], measure_path: str) -> d
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
-    config["trainer"]["callbacks"] = [{"class_path": "urpo.plan.measure.PeakMemory", "init_args": {"path": measure_path}}]
+    config["trainer"]["callbacks"] = [
+        {"class_path": "urpo.plan.measure.PeakMemory", "init_args": {"path": measure_path}}
+    ]
     return config
 
 
@@ -123,8 +156,13 @@ def measure(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run ``urpo fit`` on ``config`` in a subprocess and return PeakMemory's figures."""
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    }
     cmd = [sys.executable, "-m", "urpo.cli", "fit", "--config", str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, check=False)
     result = Path(config["trainer"]["callbacks"][0]["init_args"]["path"])
@@ -153,8 +191,15 @@ def run_case(name: str, models: Path, workdir: Path) -> dict[str, Any]:
     peak, phase, terms = planned(config)
     figures = measure(config, case_dir)
     measured = figures["peak_above_baseline_bytes"]
-    return {"case": name, "planned_bytes": peak, "planned_phase": phase, "measured_bytes": measured,
-            "ratio": peak / measured if measured > 0 else float("nan"), "terms": terms, "run": figures}
+    return {
+        "case": name,
+        "planned_bytes": peak,
+        "planned_phase": phase,
+        "measured_bytes": measured,
+        "ratio": peak / measured if measured > 0 else float("nan"),
+        "terms": terms,
+        "run": figures,
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -171,8 +216,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for name in [c for c in args.cases if c != "tiny_test" or args.cases != list(CASES)]:
             row = run_case(name, work / "models", work / "runs")
             rows.append(row)
-            print(f"| {name} | {row['planned_bytes'] / 1e6:.0f} MB | {row['measured_bytes'] / 1e6:.0f} MB | "
-                  f"{row['ratio']:.2f} | {row['planned_phase']} |", flush=True)
+            print(
+                f"| {name} | {row['planned_bytes'] / 1e6:.0f} MB | {row['measured_bytes'] / 1e6:.0f} MB | "
+                f"{row['ratio']:.2f} | {row['planned_phase']} |",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

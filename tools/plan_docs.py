@@ -37,7 +37,9 @@ def render_block(output: str) -> str:
     head = [line for line in lines if line.startswith(("model:", "run:", "step:", "judge:"))]
     table = [line for line in lines if line.startswith("|")]
     tail = [line for line in lines if line not in head and line not in table]
-    return "```text\n" + "\n".join(head) + "\n```\n\n" + "\n".join(table) + "\n\n```text\n" + "\n".join(tail) + "\n```\n"
+    return (
+        "```text\n" + "\n".join(head) + "\n```\n\n" + "\n".join(table) + "\n\n```text\n" + "\n".join(tail) + "\n```\n"
+    )
 
 
 def regenerate(text: str) -> str:

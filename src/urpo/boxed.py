@@ -16,7 +16,7 @@ def last_boxed(text: str) -> str | None:
     matches = list(_BOX_COMMAND.finditer(text))
     if not matches:
         return None
-    rest = text[matches[-1].end():]
+    rest = text[matches[-1].end() :]
     body = rest.lstrip()
     if not body.startswith("{"):
         if not rest[:1].isspace():

@@ -54,8 +54,9 @@ class URPOCLI(LightningCLI):
         epilog = "More subcommands: " + "; ".join(f"urpo {name}: {text}" for name, (_, text) in EXTRA_COMMANDS.items())
         # default_env: PL_FIT__TRAINER__NUM_NODES and the like (urpo.launch_env), on every subcommand's parser.
         env = {name: {"default_env": True} for name in self.subcommands()}
-        kwargs.setdefault("parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog,
-                                            "default_env": True, **env})
+        kwargs.setdefault(
+            "parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog, "default_env": True, **env}
+        )
         super().__init__(*args, **kwargs)
 
     @staticmethod

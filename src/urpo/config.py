@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from urpo.errors import ConfigError
 from urpo.correction import CorrectionLevel, CorrectionMode, OldLogprobs
+from urpo.errors import ConfigError
 from urpo.objective import AdvantageScale, ImportanceLevel, KLEstimator, LossAggregation
 
 PreferenceOrders = Literal["mirrored", "shared"]
@@ -66,7 +66,9 @@ class GRPOArgs:
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if not 0 <= self.epsilon_low < 1:
-            raise ConfigError(f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - it), got {self.epsilon_low}")
+            raise ConfigError(
+                f"epsilon_low must be in [0, 1) (the ratio's lower clip is 1 - it), got {self.epsilon_low}"
+            )
         if self.epsilon_high < 0:
             raise ConfigError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
         if self.dual_clip is not None and self.dual_clip <= 1:
@@ -98,10 +100,11 @@ class LoggingArgs:
 
     def __post_init__(self) -> None:
         if self.parse_warning_after_steps is not None and self.parse_warning_after_steps < 1:
-            raise ConfigError(f"logging.parse_warning_after_steps must be >= 1 or None, got {self.parse_warning_after_steps}")
+            raise ConfigError(
+                f"logging.parse_warning_after_steps must be >= 1 or None, got {self.parse_warning_after_steps}"
+            )
         if not 0 < self.parse_warning_share <= 1:
             raise ConfigError(f"logging.parse_warning_share must be in (0, 1], got {self.parse_warning_share}")
-
 
 
 @dataclass(frozen=True)

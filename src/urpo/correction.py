@@ -26,8 +26,13 @@ OldLogprobs = Literal["trainer", "engine"]
 
 
 def importance_weights(
-    old_logp: Tensor, engine_logp: Tensor, mask: Tensor, level: CorrectionLevel, mode: CorrectionMode,
-    cap_max: float | None, cap_min: float | None = None,
+    old_logp: Tensor,
+    engine_logp: Tensor,
+    mask: Tensor,
+    level: CorrectionLevel,
+    mode: CorrectionMode,
+    cap_max: float | None,
+    cap_min: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Importance weights ``pi_old / pi_engine`` of the sampled tokens, truncated or masked outside the bounds.
 
@@ -112,8 +117,15 @@ def mismatch_metrics(
 
 
 def correct(
-    logp: Tensor, old_logp: Tensor, engine_logp: Tensor | None, mask: Tensor, *, level: CorrectionLevel = "token",
-    mode: CorrectionMode = "truncate", cap_max: float | None = 2.0, cap_min: float | None = None,
+    logp: Tensor,
+    old_logp: Tensor,
+    engine_logp: Tensor | None,
+    mask: Tensor,
+    *,
+    level: CorrectionLevel = "token",
+    mode: CorrectionMode = "truncate",
+    cap_max: float | None = 2.0,
+    cap_min: float | None = None,
     old_logprobs: OldLogprobs = "trainer",
 ) -> tuple[Tensor, dict[str, float]]:
     """The log-probs to put in the loss, with gradients importance-weighted for the engine's sampling, and the

@@ -31,7 +31,11 @@ def reward_metrics(episodes: Sequence[Episode], rewards: torch.Tensor) -> dict[s
     """Reward mean/std overall and per kind, the share of unrewarded completions and of zero-variance groups."""
     rewards = rewards.detach().float().cpu()  # [N, G]
     mean, std = _nan_stats(rewards)
-    out = {keys.REWARD_MEAN: mean, keys.REWARD_STD: std, keys.REWARD_MISSING_FRAC: torch.isnan(rewards).float().mean().item()}
+    out = {
+        keys.REWARD_MEAN: mean,
+        keys.REWARD_STD: std,
+        keys.REWARD_MISSING_FRAC: torch.isnan(rewards).float().mean().item(),
+    }
     for kind in ROW_KINDS:
         rows = [i for i, e in enumerate(episodes) if e.row.kind == kind]
         if rows:
@@ -74,7 +78,9 @@ def completion_metrics(episodes: Sequence[Episode], sampling: SamplingArgs) -> d
     }
 
 
-def step_metrics(episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor, tokenizer, sampling) -> dict[str, float]:
+def step_metrics(
+    episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor, tokenizer, sampling
+) -> dict[str, float]:
     """Every rollout-side metric of a step."""
     out = reward_metrics(episodes, rewards)
     out.update(completion_metrics(episodes, sampling))
@@ -83,7 +89,12 @@ def step_metrics(episodes: Sequence[Episode], rewards: torch.Tensor, advantages:
 
 
 def write_samples(
-    trainer: L.Trainer, episodes: Sequence[Episode], rewards: torch.Tensor, advantages: torch.Tensor, per_kind: int, step: int
+    trainer: L.Trainer,
+    episodes: Sequence[Episode],
+    rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    per_kind: int,
+    step: int,
 ) -> Path:
     """Append a few rows of each kind, with every completion, its reward and advantage, to ``samples.jsonl``."""
     path = Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl"
@@ -96,11 +107,18 @@ def write_samples(
                 continue
             taken[kind] = taken.get(kind, 0) + 1
             record = {
-                "step": step, "kind": kind, "source": episode.row.source, "index": episode.row.index,
+                "step": step,
+                "kind": kind,
+                "source": episode.row.source,
+                "index": episode.row.index,
                 "prompt": episode.messages[-1]["content"],
                 "completions": [
-                    {"text": text, "reward": _jsonable(rewards[i, j].item()), "advantage": advantages[i, j].item(),
-                     "finish": episode.finish_reasons[j]}
+                    {
+                        "text": text,
+                        "reward": _jsonable(rewards[i, j].item()),
+                        "advantage": advantages[i, j].item(),
+                        "finish": episode.finish_reasons[j],
+                    }
                     for j, text in enumerate(episode.completions)
                 ],
             }

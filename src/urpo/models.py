@@ -89,7 +89,9 @@ def _resolve_package_file(spec: str) -> ResolvedSource:
     if not file_name or not (folder / file_name).is_file():
         raise ConfigError(f"model: {spec!r}: no file {file_name!r} in {folder}")
     is_gguf = file_name.endswith(".gguf")
-    return ResolvedSource(str(folder if is_gguf else folder / file_name), gguf_file=file_name if is_gguf else None, is_local=True)
+    return ResolvedSource(
+        str(folder if is_gguf else folder / file_name), gguf_file=file_name if is_gguf else None, is_local=True
+    )
 
 
 def load_tokenizer(args: ModelArgs) -> PreTrainedTokenizerBase:

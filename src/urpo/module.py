@@ -158,7 +158,10 @@ class URPOModule(L.LightningModule):
     def _build_engine(self) -> RolloutEngine:
         if self.engine_name == "hf":
             return HFGenerateEngine(
-                lambda: self.policy, self.tokenizer, synced_gpus=self._parameters_sharded, max_over_ranks=self._max_over_ranks
+                lambda: self.policy,
+                self.tokenizer,
+                synced_gpus=self._parameters_sharded,
+                max_over_ranks=self._max_over_ranks,
             )
         if self.engine_name == "vllm":
             from importlib.util import find_spec
@@ -168,7 +171,9 @@ class URPOModule(L.LightningModule):
             from urpo.engines.vllm_engine import VLLMEngine
 
             return VLLMEngine(
-                lambda: self.policy, self.tokenizer, self.vllm_args,
+                lambda: self.policy,
+                self.tokenizer,
+                self.vllm_args,
                 precision=lambda: self.trainer.precision if self._trainer is not None else None,
                 rank=lambda: self.global_rank,
             )
@@ -185,7 +190,10 @@ class URPOModule(L.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Callbacks every Trainer of this module gets: the referee parse-failure watch (``logging`` settings)."""
@@ -229,7 +237,9 @@ class URPOModule(L.LightningModule):
         metrics[keys.LEARNING_RATE] = float(self.optimizers().param_groups[0]["lr"])
         metrics.update(getattr(self.trainer.datamodule, "counters", None) or {})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
-        self.log("reward", metrics[keys.REWARD_MEAN], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        self.log(
+            "reward", metrics[keys.REWARD_MEAN], prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch)
+        )
         self._maybe_write_samples(episodes, rewards, advantages, step)
 
     def _dynamic_sampling(
@@ -325,7 +335,9 @@ class URPOModule(L.LightningModule):
                 cache[tuple(order)] = self.referee.messages(row.prompt, row.responses, order)
         return [cache[tuple(order)] for order in orders]
 
-    def score(self, episodes: Sequence[Episode], timer: PhaseTimer | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def score(
+        self, episodes: Sequence[Episode], timer: PhaseTimer | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Rewards ``[N, G]`` (NaN: no reward) from every callback serving each episode's kind, and their metrics."""
         rewards, metrics = score_episodes(self.rewards, episodes, self.grpo.num_generations, timer)
         return rewards.to(self.device), metrics  # [N, G]
@@ -344,8 +356,14 @@ class URPOModule(L.LightningModule):
         ``engine_logprobs``: the engine reported log-probs for this rank's rollout (the sequences then carry them).
         """
         updater = Updater(
-            self.policy, self.grpo, self.rollout_correction, self.sampling, self.tokenizer.pad_token_id,
-            ranks=self._ranks(), backward=self.manual_backward, optimizer_step=self._optimizer_step,
+            self.policy,
+            self.grpo,
+            self.rollout_correction,
+            self.sampling,
+            self.tokenizer.pad_token_id,
+            ranks=self._ranks(),
+            backward=self.manual_backward,
+            optimizer_step=self._optimizer_step,
             reference=self._reference_model,
         )
         return updater.run(sequences, engine_logprobs)
@@ -355,8 +373,10 @@ class URPOModule(L.LightningModule):
         if self._trainer is None:
             return Ranks(self.device)
         return Ranks(
-            self.device, sum=lambda local: self.trainer.strategy.reduce(local, reduce_op="sum"),
-            max=self._max_over_ranks, world_size=self.trainer.world_size,
+            self.device,
+            sum=lambda local: self.trainer.strategy.reduce(local, reduce_op="sum"),
+            max=self._max_over_ranks,
+            world_size=self.trainer.world_size,
         )
 
     def _optimizer_step(self) -> float:

@@ -18,8 +18,18 @@ from torch import Tensor
 from urpo.errors import ConfigError
 
 __all__ = [
-    "AdvantageScale", "ImportanceLevel", "KLEstimator", "LossAggregation", "PolicyLossOutput", "aggregate",
-    "entropy_from_logits", "group_advantages", "importance_ratio", "kl_penalty", "masked_mean", "policy_loss",
+    "AdvantageScale",
+    "ImportanceLevel",
+    "KLEstimator",
+    "LossAggregation",
+    "PolicyLossOutput",
+    "aggregate",
+    "entropy_from_logits",
+    "group_advantages",
+    "importance_ratio",
+    "kl_penalty",
+    "masked_mean",
+    "policy_loss",
     "sequence_log_ratio",
 ]
 
@@ -230,8 +240,12 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
 
 
 def aggregate(
-    values: Tensor, mask: Tensor, mode: LossAggregation, num_tokens: float | Tensor,
-    num_sequences: float | Tensor, max_completion_length: int,
+    values: Tensor,
+    mask: Tensor,
+    mode: LossAggregation,
+    num_tokens: float | Tensor,
+    num_sequences: float | Tensor,
+    max_completion_length: int,
 ) -> Tensor:
     """Reduce per-token values to this micro-batch's contribution to the loss of a whole optimizer step.
 
@@ -291,8 +305,13 @@ class PolicyLossOutput:
 
 
 def _validate_policy_args(
-    logp: Tensor, advantages: Tensor, eps_low: float, eps_high: float, dual_clip: float | None,
-    ref_logp: Tensor | None, beta: float,
+    logp: Tensor,
+    advantages: Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip: float | None,
+    ref_logp: Tensor | None,
+    beta: float,
 ) -> None:
     if advantages.shape != logp.shape[:1]:
         raise ConfigError(f"advantages must have shape [B] = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}")

@@ -53,12 +53,20 @@ PANELS: tuple[Panel, ...] = (
     Panel("held-out reward per kind", rf"^val/reward/(?P<label>{_KINDS})_mean$", "reward"),
     Panel("accuracy and agreement", r"^reward/(?P<label>.+(?:accuracy|agreement|consistency))$", "share", share=True),
     Panel("referee parse failures", r"^reward/(?P<label>.+parse_failure_rate)$", "share of outputs", share=True),
-    Panel("zero-variance groups (zero advantage)", r"^groups/(?P<label>.*zero_variance_frac)$", "share of groups",
-          share=True),
+    Panel(
+        "zero-variance groups (zero advantage)",
+        r"^groups/(?P<label>.*zero_variance_frac)$",
+        "share of groups",
+        share=True,
+    ),
     Panel("policy entropy", r"^train/(?P<label>entropy)$", "nats per token"),
     Panel("KL to the reference", r"^train/(?P<label>kl)$", "KL estimate"),
-    Panel("completion length", r"^completion/(?P<label>length_mean|length_max|max_new_tokens)$", "tokens",
-          dashed=("max_new_tokens",)),
+    Panel(
+        "completion length",
+        r"^completion/(?P<label>length_mean|length_max|max_new_tokens)$",
+        "tokens",
+        dashed=("max_new_tokens",),
+    ),
     Panel("truncated completions", r"^completion/(?P<label>truncated_frac)$", "share of completions", share=True),
 )
 
@@ -104,8 +112,9 @@ def draw_curves(metrics: str | Path, output: str | Path | None = None, title: st
     chosen = [(panel, lines) for panel in PANELS if (lines := panel.lines(list(series)))]
     if not chosen:
         wanted = "reward/<kind>_mean, groups/zero_variance_frac, train/entropy, completion/length_mean"
-        raise DataError(f"none of the columns urpo plots ({wanted}, ...): is this the metrics of a urpo run?",
-                        source=str(metrics))
+        raise DataError(
+            f"none of the columns urpo plots ({wanted}, ...): is this the metrics of a urpo run?", source=str(metrics)
+        )
     columns = min(3, len(chosen))
     rows = math.ceil(len(chosen) / columns)
     figure = figure_class(figsize=(4.8 * columns, 3.2 * rows + 0.4), layout="constrained")
@@ -131,14 +140,21 @@ def _draw_panel(ax: Any, panel: Panel, lines: list[tuple[str, str]], series: Ser
         steps, values = series[name]
         dashed = label in panel.dashed
         marker = "o" if len(steps) <= 30 and not dashed else None  # a short run: show every logged point
-        (line,) = ax.plot(steps, values, label=label, marker=marker, markersize=3, linewidth=1.4,
-                          linestyle="--" if dashed else "-")
+        (line,) = ax.plot(
+            steps, values, label=label, marker=marker, markersize=3, linewidth=1.4, linestyle="--" if dashed else "-"
+        )
         spread = series.get(name[: -len("_mean")] + "_std") if panel.band and name.endswith("_mean") else None
         if spread is not None:
             std = dict(zip(*spread))
             shared = [(s, v, std[s]) for s, v in zip(steps, values) if s in std]
-            ax.fill_between([s for s, _, _ in shared], [v - d for _, v, d in shared], [v + d for _, v, d in shared],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                [s for s, _, _ in shared],
+                [v - d for _, v, d in shared],
+                [v + d for _, v, d in shared],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     ax.set_title(panel.title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers, even in a 2-step run
@@ -212,8 +228,11 @@ class CurvesCallback(Callback):
                 return []
             except Exception as err:  # noqa: BLE001 - a picture must never fail a training run
                 self.note = "not drawn (see the warning)"
-                warnings.warn(f"urpo: could not draw the curves of {logger.log_dir}: {type(err).__name__}: {err}"
-                              f" (`urpo plot {logger.log_dir}` redraws them)", stacklevel=2)
+                warnings.warn(
+                    f"urpo: could not draw the curves of {logger.log_dir}: {type(err).__name__}: {err}"
+                    f" (`urpo plot {logger.log_dir}` redraws them)",
+                    stacklevel=2,
+                )
         if self.paths:
             self.note = ", ".join(str(p) for p in self.paths)
         return self.paths

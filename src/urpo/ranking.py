@@ -103,4 +103,5 @@ def agreement(pred_tiers: Tiers, gold_scores: Sequence[float]) -> dict[str, floa
         "kendall_tau": kendall_tau(pred_tiers, gold_scores),
     }
 
+
 __all__ = ["Tiers", "agreement", "borda_scores", "exact_match", "kendall_tau", "pairwise_accuracy", "top1_correct"]

@@ -22,7 +22,6 @@ import torch
 
 from urpo.errors import ConfigError
 from urpo.prompts import render_chat
-from urpo.timing import timed
 from urpo.ranking import (  # re-exported: part of the referee's public API
     Tiers,
     agreement,
@@ -32,6 +31,7 @@ from urpo.ranking import (  # re-exported: part of the referee's public API
     pairwise_accuracy,
     top1_correct,
 )
+from urpo.timing import timed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -196,7 +196,9 @@ class RefereeTemplate:
                 raise ConfigError(f"{name} must not contain U+FFFD, got {tag!r}")
         if "".join(self.open_tag.split()).lower() == "".join(self.close_tag.split()).lower():
             raise ConfigError(f"open_tag and close_tag must differ, both are {self.open_tag!r}")
-        if self.response_prefix is not None and not (isinstance(self.response_prefix, str) and self.response_prefix.strip()):
+        if self.response_prefix is not None and not (
+            isinstance(self.response_prefix, str) and self.response_prefix.strip()
+        ):
             raise ConfigError(f"response_prefix must be non-blank text or None, got {self.response_prefix!r}")
 
     @staticmethod
@@ -281,8 +283,13 @@ class RefereeTemplate:
             ties_rule = f"If responses are of equal quality, join their labels with '=', as in {tie_example}."
         reference_rule = " A reference answer is included: use it to check correctness, but do not rank it."
         values = {
-            "n": str(len(names)), "labels": _spoken(names), "open_tag": self.open_tag, "close_tag": self.close_tag,
-            "example": example, "ties_rule": ties_rule, "reference_rule": reference_rule if with_reference else "",
+            "n": str(len(names)),
+            "labels": _spoken(names),
+            "open_tag": self.open_tag,
+            "close_tag": self.close_tag,
+            "example": example,
+            "ties_rule": ties_rule,
+            "reference_rule": reference_rule if with_reference else "",
         }
         return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
 
@@ -311,8 +318,13 @@ _TOKEN = re.compile(r"\w+|\S")
 
 
 def parse_ranking(
-    text: str, n: int, allow_ties: bool = False, open_tag: str = "<ranking>", close_tag: str = "</ranking>",
-    prompt: str | None = None, prefilled: bool = False,
+    text: str,
+    n: int,
+    allow_ties: bool = False,
+    open_tag: str = "<ranking>",
+    close_tag: str = "</ranking>",
+    prompt: str | None = None,
+    prefilled: bool = False,
 ) -> ParsedRanking | ParseFailure:
     """Reads the final ranking of ``n`` labels from a referee's completion; never raises on any completion.
 
@@ -474,7 +486,11 @@ def prompt_text(messages: Sequence[dict[str, str]]) -> str:
 
 
 def generate_judgments(
-    engine: RolloutEngine, tokenizer: PreTrainedTokenizerBase, messages: Sequence[list[dict[str, str]]], n: int, sampling: SamplingArgs
+    engine: RolloutEngine,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[list[dict[str, str]]],
+    n: int,
+    sampling: SamplingArgs,
 ) -> list[str]:
     """Renders judging tasks and samples ``n`` judgments of each with ``engine``, in ONE batched call.
 
@@ -489,9 +505,32 @@ def generate_judgments(
 
 
 __all__ = [
-    "DEFAULT_INSTRUCTION", "DEFAULT_REMINDER", "DEFAULT_SYSTEM", "MAX_BLOCK_CHARS", "MAX_LABELS",
-    "PARSE_FAILURE_REASONS", "PARSE_TAIL_CHARS", "ParseFailure", "ParseFailureReason", "ParsedRanking",
-    "RefereeTemplate", "Tiers", "TRUNCATION_MARKER", "Verdict", "agreement", "borda_scores", "exact_match",
-    "generate_judgments", "is_echo", "kendall_tau", "pairwise_accuracy", "parse_ranking", "prompt_text",
-    "read_verdict", "sanitize_response", "shuffled_order", "to_original", "top1_correct",
+    "DEFAULT_INSTRUCTION",
+    "DEFAULT_REMINDER",
+    "DEFAULT_SYSTEM",
+    "MAX_BLOCK_CHARS",
+    "MAX_LABELS",
+    "PARSE_FAILURE_REASONS",
+    "PARSE_TAIL_CHARS",
+    "ParseFailure",
+    "ParseFailureReason",
+    "ParsedRanking",
+    "RefereeTemplate",
+    "Tiers",
+    "TRUNCATION_MARKER",
+    "Verdict",
+    "agreement",
+    "borda_scores",
+    "exact_match",
+    "generate_judgments",
+    "is_echo",
+    "kendall_tau",
+    "pairwise_accuracy",
+    "parse_ranking",
+    "prompt_text",
+    "read_verdict",
+    "sanitize_response",
+    "shuffled_order",
+    "to_original",
+    "top1_correct",
 ]

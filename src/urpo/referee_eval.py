@@ -81,7 +81,8 @@ class SubsetStats:
             return count / total if total else None
 
         return {
-            "rows": self.rows, "judgments": self.judgments,
+            "rows": self.rows,
+            "judgments": self.judgments,
             "accuracy": rate(self.accuracy_sum, self.judgments),
             "accuracy_parsed": rate(self.accuracy_sum, self.parsed),
             "position_consistency": rate(self.consistent, self.rows),
@@ -146,7 +147,10 @@ def judging_prompts(
 
 
 def evaluate_referee(
-    rows: Sequence[PreferenceRow], subsets: Sequence[str], generate: Generate, template: RefereeTemplate,
+    rows: Sequence[PreferenceRow],
+    subsets: Sequence[str],
+    generate: Generate,
+    template: RefereeTemplate,
     render: Callable[[list], str],
 ) -> dict[str, Any]:
     """Judges every row in both orders with ``generate`` and returns the report (``overall`` and ``subsets``)."""
@@ -186,8 +190,12 @@ def hf_generate(
             ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
             input_ids, mask = left_pad(ids, tokenizer.pad_token_id, device)
             out = model.generate(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id, **sampling,
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
             )  # [B, P + T]
             texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
         return texts
@@ -210,7 +218,12 @@ def add_skips(report: dict[str, Any], skips: list[dict[str, Any]]) -> None:
 def format_table(report: dict[str, Any]) -> str:
     """A small console table: one line per subset, then the overall line."""
     columns = (
-        "rows", "accuracy", "accuracy_parsed", "position_consistency", "consistent_accuracy", "parse_failure_rate"
+        "rows",
+        "accuracy",
+        "accuracy_parsed",
+        "position_consistency",
+        "consistent_accuracy",
+        "parse_failure_rate",
     )
     heads = ("subset", "rows", "acc", "acc(parsed)", "consistency", "consistent acc", "parse fail")
     lines = [*report["subsets"].items(), ("OVERALL", report["overall"])]
@@ -285,9 +298,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = evaluate_referee(rows, subsets, judge, template, lambda m: render_chat(tokenizer, m))
     decoding = "greedy" if args.temperature is None else f"sampled T={args.temperature}"
     report["settings"] = {
-        "model": args.model, "data": args.data, "adapter": args.adapter, "limit": args.limit,
-        "skipped_records": len(skips), "decoding": decoding,
-        "max_new_tokens": args.max_new_tokens, "allow_ties": args.allow_ties, "orders": list(ORDERS),
+        "model": args.model,
+        "data": args.data,
+        "adapter": args.adapter,
+        "limit": args.limit,
+        "skipped_records": len(skips),
+        "decoding": decoding,
+        "max_new_tokens": args.max_new_tokens,
+        "allow_ties": args.allow_ties,
+        "orders": list(ORDERS),
     }
     add_skips(report, skips)
     print(format_table(report))

@@ -160,7 +160,9 @@ class HFGenerateEngine:
         return [_trim_completion(ids, eos_ids) for ids in new_tokens]
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token id lists into ``input_ids`` and ``attention_mask``, both ``[B, max_len]``."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)  # [B, P]

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from urpo.rollout import RolloutBatch, RolloutEngine, SamplingArgs
 
 
-
 @dataclass(frozen=True)
 class FSDPSettings:
     """How ``fully_shard`` is applied to each decoder layer and to the whole model."""
@@ -185,7 +184,10 @@ def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def apply_fsdp(
-    policy: torch.nn.Module, reference: torch.nn.Module | None, mesh: DeviceMesh, settings: FSDPSettings,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    mesh: DeviceMesh,
+    settings: FSDPSettings,
     engine: RolloutEngine | None,
 ) -> RolloutEngine | None:
     """Shard the policy and the frozen reference (in place) on ``mesh``; returns the rollout engine to use from now

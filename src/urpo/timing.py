@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal, get_args
 
+from urpo import metric_keys as keys
+
 Phase = Literal["render", "rollout", "judge", "reward", "advantage", "update", "metrics"]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 
 _RUNNING: ContextVar[PhaseTimer | None] = ContextVar("urpo_phase_timer", default=None)
-
-from urpo import metric_keys as keys
 
 
 class PhaseTimer:

@@ -59,8 +59,14 @@ class UpdatePlan:
 
     @classmethod
     def build(
-        cls, sequences: Sequence[TrainSequence], *, max_tokens: int, pad_id: int, ranks: Ranks,
-        counted: Sequence[TrainSequence] | None = None, engine_logprobs: bool = False,
+        cls,
+        sequences: Sequence[TrainSequence],
+        *,
+        max_tokens: int,
+        pad_id: int,
+        ranks: Ranks,
+        counted: Sequence[TrainSequence] | None = None,
+        engine_logprobs: bool = False,
     ) -> UpdatePlan:
         """Micro-batches of ``sequences`` under a budget of ``max_tokens`` padded tokens each; the loss is normalised
         by the counts of ``counted`` (default: the same), which may hold more sequences: ones left out of the
@@ -145,8 +151,12 @@ class Updater:
         trained = sequences_with_gradient(sequences, grpo)
         with_engine = engine_logprobs or any(s.engine_logprobs is not None for s in sequences)
         plan = UpdatePlan.build(
-            trained, max_tokens=grpo.max_tokens_per_micro_batch, pad_id=self.pad_id, ranks=self.ranks,
-            counted=sequences, engine_logprobs=with_engine,
+            trained,
+            max_tokens=grpo.max_tokens_per_micro_batch,
+            pad_id=self.pad_id,
+            ranks=self.ranks,
+            counted=sequences,
+            engine_logprobs=with_engine,
         )
         if plan.num_sequences == 0:
             return {keys.EMPTY_UPDATES: 1.0}  # every completion of the step lacked a reward, on every rank
@@ -189,22 +199,42 @@ class Updater:
         engine = batch.engine_logprobs if weight > 0 else None  # [B, C]
         # Importance-weights the gradient for the engine's sampling and measures the mismatch; no-op without engine.
         loss_logp, mismatch = correct(
-            logp, old, engine, batch.completion_mask,
-            level=fix.level, mode=fix.mode, cap_max=fix.cap_max, cap_min=fix.cap_min, old_logprobs=fix.old_logprobs,
+            logp,
+            old,
+            engine,
+            batch.completion_mask,
+            level=fix.level,
+            mode=fix.mode,
+            cap_max=fix.cap_max,
+            cap_min=fix.cap_min,
+            old_logprobs=fix.old_logprobs,
         )
         out = policy_loss(
-            loss_logp, old, batch.advantages, batch.completion_mask,
-            eps_low=grpo.epsilon_low, eps_high=grpo.epsilon_high, dual_clip=grpo.dual_clip,
-            importance=grpo.importance, ref_logp=ref, beta=grpo.beta, kl_estimator=grpo.kl_estimator,
-            aggregation=grpo.loss_aggregation, num_tokens=plan.num_tokens, num_sequences=plan.num_sequences,
+            loss_logp,
+            old,
+            batch.advantages,
+            batch.completion_mask,
+            eps_low=grpo.epsilon_low,
+            eps_high=grpo.epsilon_high,
+            dual_clip=grpo.dual_clip,
+            importance=grpo.importance,
+            ref_logp=ref,
+            beta=grpo.beta,
+            kl_estimator=grpo.kl_estimator,
+            aggregation=grpo.loss_aggregation,
+            num_tokens=plan.num_tokens,
+            num_sequences=plan.num_sequences,
             max_completion_length=self.sampling.max_new_tokens,
         )
         # DDP and FSDP average gradients over ranks; the loss is normalised by global counts, so undo the average.
         self.backward(out.loss * weight * self.ranks.world_size)
         stats = {
-            keys.LOSS: out.loss.item() * weight, keys.PG_LOSS: out.pg_loss.item() * weight,
-            keys.CLIP_LOW_FRAC: out.clip_low_frac.item(), keys.CLIP_HIGH_FRAC: out.clip_high_frac.item(),
-            keys.DUAL_CLIP_FRAC: out.dual_clip_frac.item(), keys.RATIO_MEAN: out.ratio_mean.item(),
+            keys.LOSS: out.loss.item() * weight,
+            keys.PG_LOSS: out.pg_loss.item() * weight,
+            keys.CLIP_LOW_FRAC: out.clip_low_frac.item(),
+            keys.CLIP_HIGH_FRAC: out.clip_high_frac.item(),
+            keys.DUAL_CLIP_FRAC: out.dual_clip_frac.item(),
+            keys.RATIO_MEAN: out.ratio_mean.item(),
             keys.ENTROPY: entropy_of(logits, batch.completion_mask),
         }
         if out.kl is not None:

@@ -23,9 +23,15 @@ def test_adapter_table_matches_the_literal_and_kinds():
     assert set(ADAPTERS) == set(typing.get_args(AdapterName))
     kinds = {name: info.kind for name, info in ADAPTERS.items()}
     assert kinds == {
-        "gsm8k": "verifiable", "math": "verifiable", "hh_rlhf": "preference", "ultrafeedback": "preference",
-        "alpaca_eval_annotations": "preference", "instructions": "open", "messages": "open",
-        "rewardbench": "preference", "generic": None,
+        "gsm8k": "verifiable",
+        "math": "verifiable",
+        "hh_rlhf": "preference",
+        "ultrafeedback": "preference",
+        "alpaca_eval_annotations": "preference",
+        "instructions": "open",
+        "messages": "open",
+        "rewardbench": "preference",
+        "generic": None,
     }
 
 
@@ -120,8 +126,19 @@ def test_alpaca_eval_annotations_soft_labels(preference, scores):
 
 @pytest.mark.parametrize(
     ("preference", "message"),
-    [(1.5, "tie"), ("1.5", "tie"), (0, "tie"), (None, "null"), (math.nan, "finite"), ("nan", "finite"),
-     (2.5, r"\[1, 2\]"), (0.5, r"\[1, 2\]"), (True, "number"), ("first", "number"), ([1], "number")],
+    [
+        (1.5, "tie"),
+        ("1.5", "tie"),
+        (0, "tie"),
+        (None, "null"),
+        (math.nan, "finite"),
+        ("nan", "finite"),
+        (2.5, r"\[1, 2\]"),
+        (0.5, r"\[1, 2\]"),
+        (True, "number"),
+        ("first", "number"),
+        ([1], "number"),
+    ],
 )
 def test_alpaca_eval_annotations_bad_preferences(preference, message):
     record = {"instruction": "Say hi.", "output_1": "Hi!", "output_2": "Hello there.", "preference": preference}
@@ -148,15 +165,26 @@ def test_instructions_real_and_alpaca_style():
 def test_math_boxed_answers():
     rows = [adapt("math", r, i) for i, r in enumerate(native_records(SYNTHETIC / "math.jsonl"))]
     assert [r.answer for r in rows] == [
-        r"\frac{5}{6}", "3", r"\{-1, 0, 1\}", "5", r"\left( 3, \frac{\pi}{2} \right)",
+        r"\frac{5}{6}",
+        "3",
+        r"\{-1, 0, 1\}",
+        "5",
+        r"\left( 3, \frac{\pi}{2} \right)",
     ]
     assert rows[0].prompt == r"What is $\frac{1}{2} + \frac{1}{3}$?" and rows[0].solution.startswith("The common")
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [(r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"), (r"\boxed{a} then \fbox{b}", "b"), (r"$\boxed 7$", "7"),
-     (r"\boxed {x+1}", "x+1"), (r"\boxedx and no box", None), ("plain", None), (r"\boxed{\}}", r"\}")],
+    [
+        (r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+        (r"\boxed{a} then \fbox{b}", "b"),
+        (r"$\boxed 7$", "7"),
+        (r"\boxed {x+1}", "x+1"),
+        (r"\boxedx and no box", None),
+        ("plain", None),
+        (r"\boxed{\}}", r"\}"),
+    ],
 )
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
@@ -183,8 +211,10 @@ def test_ultrafeedback_raw_scores():
 
 
 def test_ultrafeedback_raw_never_mixes_score_scales():
-    completions = [{"response": "a", "overall_score": 3.0, "fine-grained_score": 4.5},
-                   {"response": "b", "fine-grained_score": 2.0}]
+    completions = [
+        {"response": "a", "overall_score": 3.0, "fine-grained_score": 4.5},
+        {"response": "b", "fine-grained_score": 2.0},
+    ]
     assert adapt("ultrafeedback", {"instruction": "x", "completions": completions}).scores == (4.5, 2.0)
 
 
@@ -247,18 +277,38 @@ BAD = [
     ("math", {"solution": r"\boxed{1}"}, "problem", "missing field"),
     ("math", {"problem": "p?"}, "solution", "missing field"),
     ("hh_rlhf", {"chosen": "\n\nHuman: hi\n\nAssistant: yo"}, "rejected", "missing field"),
-    ("hh_rlhf", {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hey\n\nAssistant: no"},
-     "rejected", "differ"),
-    ("hh_rlhf", {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\nAssistant:  "},
-     "rejected", "empty"),
+    (
+        "hh_rlhf",
+        {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hey\n\nAssistant: no"},
+        "rejected",
+        "differ",
+    ),
+    (
+        "hh_rlhf",
+        {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\nAssistant:  "},
+        "rejected",
+        "empty",
+    ),
     ("hh_rlhf", {"chosen": "hi yo", "rejected": "hi no"}, "chosen", "Assistant"),
     ("ultrafeedback", {"instruction": "x"}, "completions", "missing field"),
-    ("ultrafeedback", {"instruction": "x", "completions": [{"response": "a", "overall_score": 1}, {"response": ""}]},
-     "completions[1].response", "empty"),
-    ("ultrafeedback", {"instruction": "x", "completions": [{"response": "a", "overall_score": 1}, {"response": "b"}]},
-     "completions[1].overall_score", "missing"),
-    ("ultrafeedback", {"instruction": "x", "completions": [{"response": "a", "overall_score": 3}]}, "responses",
-     "at least 2"),
+    (
+        "ultrafeedback",
+        {"instruction": "x", "completions": [{"response": "a", "overall_score": 1}, {"response": ""}]},
+        "completions[1].response",
+        "empty",
+    ),
+    (
+        "ultrafeedback",
+        {"instruction": "x", "completions": [{"response": "a", "overall_score": 1}, {"response": "b"}]},
+        "completions[1].overall_score",
+        "missing",
+    ),
+    (
+        "ultrafeedback",
+        {"instruction": "x", "completions": [{"response": "a", "overall_score": 3}]},
+        "responses",
+        "at least 2",
+    ),
     ("ultrafeedback", {"instruction": "x", "completions": "a, b"}, "completions", "expected a list"),
     ("alpaca_eval_annotations", {"instruction": "x", "output_1": "a", "preference": 1}, "output_2", "missing"),
     ("instructions", {"input": "x"}, "instruction", "missing field"),
@@ -267,8 +317,18 @@ BAD = [
     ("messages", {"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "no user turn"),
     ("messages", {"messages": [{"role": "bot", "content": "hi"}]}, "messages[0].role", "role must be"),
     ("messages", {"messages": [{"role": "user", "content": ""}]}, "messages[0].content", "empty"),
-    ("messages", {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                               {"role": "assistant", "content": "b"}]}, "messages", "only one assistant"),
+    (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "assistant", "content": "b"},
+            ]
+        },
+        "messages",
+        "only one assistant",
+    ),
     ("rewardbench", {"prompt": "x", "chosen": "a"}, "rejected", "missing field"),
     ("generic", {"prompt": "x"}, "kind", "missing field"),
     ("generic", {"kind": "other", "prompt": "x"}, "kind", "must be"),

@@ -18,9 +18,23 @@ FIELDS = {
     "gsm8k": ["question", "answer"],
     "math": ["problem", "solution", "answer"],
     "hh_rlhf": ["chosen", "rejected"],
-    "ultrafeedback": ["instruction", "completions", "response", "overall_score", "fine-grained_score", "annotations",
-                      "Rating", "helpfulness", "prompt", "chosen", "rejected", "role", "content", "score_chosen",
-                      "score_rejected"],
+    "ultrafeedback": [
+        "instruction",
+        "completions",
+        "response",
+        "overall_score",
+        "fine-grained_score",
+        "annotations",
+        "Rating",
+        "helpfulness",
+        "prompt",
+        "chosen",
+        "rejected",
+        "role",
+        "content",
+        "score_chosen",
+        "score_rejected",
+    ],
     "alpaca_eval_annotations": ["instruction", "output_1", "output_2", "preference"],
     "instructions": ["instruction", "input", "output"],
     "messages": ["messages", "role", "content"],
@@ -29,10 +43,28 @@ FIELDS = {
 }
 # Texts that get past the first checks of some adapter.
 TEXTS = [
-    "", "   ", "hi", "verifiable", "preference", "open", "user", "assistant", "system", "N/A", "1.5", "1,000", "nan",
-    "\n\nHuman: hi\n\nAssistant: yo", "\n\nHuman: hi\n\nAssistant: no", "\n\nHuman: hi\n\nAssistant: ",
-    "Human: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d", "steps <<1+1=2>>\n#### 1,000", "#### 7", "\\boxed{4}",
-    "so \\boxed{\\frac{1}{2}", "\\fbox{x} \\boxed 5$",
+    "",
+    "   ",
+    "hi",
+    "verifiable",
+    "preference",
+    "open",
+    "user",
+    "assistant",
+    "system",
+    "N/A",
+    "1.5",
+    "1,000",
+    "nan",
+    "\n\nHuman: hi\n\nAssistant: yo",
+    "\n\nHuman: hi\n\nAssistant: no",
+    "\n\nHuman: hi\n\nAssistant: ",
+    "Human: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d",
+    "steps <<1+1=2>>\n#### 1,000",
+    "#### 7",
+    "\\boxed{4}",
+    "so \\boxed{\\frac{1}{2}",
+    "\\fbox{x} \\boxed 5$",
 ]
 
 
@@ -46,8 +78,13 @@ VALID = {
     "math": [{"problem": "p?", "solution": "so \\boxed{\\frac{1}{2}}", "answer": "1/2"}],
     "hh_rlhf": [{"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\nAssistant: no"}],
     "ultrafeedback": [
-        {"instruction": "x", "completions": [{"response": "a", "overall_score": 2.0},
-                                             {"response": "b", "annotations": {"honesty": [{"Rating": "3"}]}}]},
+        {
+            "instruction": "x",
+            "completions": [
+                {"response": "a", "overall_score": 2.0},
+                {"response": "b", "annotations": {"honesty": [{"Rating": "3"}]}},
+            ],
+        },
         {"prompt": "x", "chosen": _msgs("x", "a"), "rejected": _msgs("x", "b"), "score_chosen": 2, "score_rejected": 1},
     ],
     "alpaca_eval_annotations": [{"instruction": "x", "output_1": "a", "output_2": "b", "preference": 1.25}],
@@ -67,8 +104,11 @@ def _mutated(value: Any, random_values: st.SearchStrategy[Any]) -> st.SearchStra
     """``value`` with some parts (at any depth) replaced by random values or dropped; mostly kept."""
     if isinstance(value, dict):
         parts = st.fixed_dictionaries({k: _mutated(v, random_values) for k, v in value.items()})
-        return parts.flatmap(lambda d: st.sets(st.sampled_from(list(d)), max_size=1).map(
-            lambda drop: {k: v for k, v in d.items() if k not in drop}))
+        return parts.flatmap(
+            lambda d: st.sets(st.sampled_from(list(d)), max_size=1).map(
+                lambda drop: {k: v for k, v in d.items() if k not in drop}
+            )
+        )
     if isinstance(value, list):
         return st.tuples(*(_mutated(v, random_values) for v in value)).map(list) | st.just(value[:1])
     return st.one_of(st.just(value), st.just(value), st.just(value), random_values)
@@ -76,9 +116,7 @@ def _mutated(value: Any, random_values: st.SearchStrategy[Any]) -> st.SearchStra
 
 def _records(adapter: str) -> st.SearchStrategy[Any]:
     keys = st.sampled_from(FIELDS[adapter]) | st.text(max_size=5)
-    leaves = (
-        st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from(TEXTS) | st.text(max_size=12)
-    )
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from(TEXTS) | st.text(max_size=12)
     values = st.recursive(
         leaves,
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),

@@ -28,7 +28,12 @@ HH_BAD = str(FIXTURES / "hh_rlhf_harmless_base_test_rows_80_99.jsonl")
 def test_spec_defaults_and_kind():
     spec = SourceSpec(adapter="gsm8k", path=GSM8K)
     assert (spec.name, spec.kind, spec.split, spec.weight, spec.limit, spec.streaming) == (
-        GSM8K, "verifiable", "train", 1.0, None, False
+        GSM8K,
+        "verifiable",
+        "train",
+        1.0,
+        None,
+        False,
     )
     assert SourceSpec(adapter="generic", path="x.jsonl").kind is None
     assert SourceSpec(adapter="gsm8k", hub="openai/gsm8k", subset="main").name == "openai/gsm8k[main]:train"
@@ -38,10 +43,16 @@ def test_spec_defaults_and_kind():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"path": "a.jsonl", "hub": "x/y"}, "exactly one"), ({}, "exactly one"), ({"path": "a.csv"}, "unsupported"),
-     ({"path": "a.jsonl", "weight": 0}, "weight"), ({"path": "a.jsonl", "weight": -1.0}, "weight"),
-     ({"path": "a.jsonl", "weight": float("inf")}, "weight"), ({"path": "a.jsonl", "limit": 0}, "limit"),
-     ({"path": "a.jsonl", "adapter": "csv"}, "unknown adapter")],
+    [
+        ({"path": "a.jsonl", "hub": "x/y"}, "exactly one"),
+        ({}, "exactly one"),
+        ({"path": "a.csv"}, "unsupported"),
+        ({"path": "a.jsonl", "weight": 0}, "weight"),
+        ({"path": "a.jsonl", "weight": -1.0}, "weight"),
+        ({"path": "a.jsonl", "weight": float("inf")}, "weight"),
+        ({"path": "a.jsonl", "limit": 0}, "limit"),
+        ({"path": "a.jsonl", "adapter": "csv"}, "unknown adapter"),
+    ],
 )
 def test_spec_validation(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -53,10 +64,12 @@ def test_spec_validation(kwargs, message):
 
 @pytest.mark.parametrize(
     ("adapter", "file", "count", "row_type"),
-    [("gsm8k", "gsm8k_train.jsonl", 100, VerifiableRow),
-     ("hh_rlhf", "hh_rlhf_harmless_base_test.jsonl", 60, PreferenceRow),
-     ("instructions", "alpaca_eval_instructions.jsonl", 60, OpenRow),
-     ("alpaca_eval_annotations", "alpaca_eval_annotations.json", 40, PreferenceRow)],
+    [
+        ("gsm8k", "gsm8k_train.jsonl", 100, VerifiableRow),
+        ("hh_rlhf", "hh_rlhf_harmless_base_test.jsonl", 60, PreferenceRow),
+        ("instructions", "alpaca_eval_instructions.jsonl", 60, OpenRow),
+        ("alpaca_eval_annotations", "alpaca_eval_annotations.json", 40, PreferenceRow),
+    ],
 )
 def test_shipped_samples_load_whole(adapter, file, count, row_type):
     spec = SourceSpec(adapter=adapter, path=str(SAMPLES / file))
@@ -199,8 +212,12 @@ def test_resume_from_start_index():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"rank": 2, "world_size": 2}, "rank"), ({"world_size": 0}, "rank"), ({"start": -1}, "start"),
-     ({"on_bad_row": "ignore"}, "on_bad_row")],
+    [
+        ({"rank": 2, "world_size": 2}, "rank"),
+        ({"world_size": 0}, "rank"),
+        ({"start": -1}, "start"),
+        ({"on_bad_row": "ignore"}, "on_bad_row"),
+    ],
 )
 def test_iteration_arguments_fail_at_once(kwargs, message):
     with pytest.raises(ConfigError, match=message):

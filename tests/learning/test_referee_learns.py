@@ -33,8 +33,12 @@ from urpo.rollout import SamplingArgs
 
 STEPS, ROWS_PER_STEP, G, LR = 30, 16, 8, 1e-3
 TRACKED = (
-    "reward/preference_mean", "groups/preference_zero_variance_frac", "reward/preference_group_spread",
-    "reward/preference_reward/parse_failure_rate", "reward/preference_reward/first_shown_top", "train/entropy",
+    "reward/preference_mean",
+    "groups/preference_zero_variance_frac",
+    "reward/preference_group_spread",
+    "reward/preference_reward/parse_failure_rate",
+    "reward/preference_reward/first_shown_top",
+    "train/entropy",
 )
 
 
@@ -73,7 +77,9 @@ def warm_started_referee(folder, seed: int) -> str:
         if failures <= 0.05:
             return worlds.save(model, tokenizer, folder / "warm")
         tried.append(f"model seed {model_seed}: {failures:.0%}")
-    pytest.fail("no warm start learned the verdict format (share of sampled verdicts that fail to parse): " + "; ".join(tried))
+    pytest.fail(
+        "no warm start learned the verdict format (share of sampled verdicts that fail to parse): " + "; ".join(tried)
+    )
 
 
 def run_referee_world(folder, seed: int) -> dict:
@@ -82,10 +88,14 @@ def run_referee_world(folder, seed: int) -> dict:
     held_rows, train_rows = worlds.referee_rows(held, "held", seed + 1), worlds.referee_rows(train, "train", seed + 2)
     L.seed_everything(seed)
     module = URPOModule(
-        model=ModelArgs(name_or_path=model_dir), rewards=[PreferenceReward(metric="pairwise")],
-        grpo=GRPOArgs(num_generations=G), sampling=SamplingArgs(max_new_tokens=10), referee=worlds.REFEREE,
+        model=ModelArgs(name_or_path=model_dir),
+        rewards=[PreferenceReward(metric="pairwise")],
+        grpo=GRPOArgs(num_generations=G),
+        sampling=SamplingArgs(max_new_tokens=10),
+        referee=worlds.REFEREE,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
-        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
+        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
+        seed=seed,
     )
     module.configure_model()
     before = worlds.judging_accuracy(module.policy, module.tokenizer, held_rows)
@@ -93,8 +103,14 @@ def run_referee_world(folder, seed: int) -> dict:
     batches = [rng.sample(train_rows, ROWS_PER_STEP) for _ in range(STEPS)]
     history = History()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=1, callbacks=[history],
+        accelerator="cpu",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[history],
     )
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
     after = worlds.judging_accuracy(module.policy, module.tokenizer, held_rows)

@@ -70,24 +70,40 @@ def run_world(model_dir: str, seed: int) -> dict[str, float]:
             return JudgeRoutingEngine(super()._build_engine(), judge)
 
     module = Module(
-        model=ModelArgs(name_or_path=model_dir), rewards=[probe], grpo=GRPOArgs(num_generations=G),
-        sampling=SamplingArgs(max_new_tokens=MAX_NEW_TOKENS), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
-        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
+        model=ModelArgs(name_or_path=model_dir),
+        rewards=[probe],
+        grpo=GRPOArgs(num_generations=G),
+        sampling=SamplingArgs(max_new_tokens=MAX_NEW_TOKENS),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
+        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
+        seed=seed,
     )
     module.configure_model()
     held_rows = open_rows(held, "held")
-    before = open_quality(module.policy, module.tokenizer, held_rows, samples=4, max_new_tokens=MAX_NEW_TOKENS, seed=seed)
+    before = open_quality(
+        module.policy, module.tokenizer, held_rows, samples=4, max_new_tokens=MAX_NEW_TOKENS, seed=seed
+    )
     rows = open_rows(train, "train")
     batches = [random.Random(f"{seed}:{step}").sample(rows, ROWS_PER_STEP) for step in range(STEPS)]
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
-    after = open_quality(module.policy, module.tokenizer, held_rows, samples=4, max_new_tokens=MAX_NEW_TOKENS, seed=seed)
+    after = open_quality(
+        module.policy, module.tokenizer, held_rows, samples=4, max_new_tokens=MAX_NEW_TOKENS, seed=seed
+    )
     return {
-        "agreement": truth_agreement(probe.groups), "random_share": judge.random_judgments / judge.judgments,
-        "accuracy_before": before[0], "accuracy_after": after[0], "quality_before": before[1], "quality_after": after[1],
+        "agreement": truth_agreement(probe.groups),
+        "random_share": judge.random_judgments / judge.judgments,
+        "accuracy_before": before[0],
+        "accuracy_after": after[0],
+        "quality_before": before[1],
+        "quality_after": after[1],
     }
 
 

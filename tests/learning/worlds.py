@@ -35,7 +35,9 @@ def referee_rows(pairs: Sequence[tuple[int, int]], source: str, seed: int) -> li
         answer, non_answer = f"\\boxed{{{a + b}}}", rng.choice(NON_ANSWERS)
         flip = rng.random() < 0.5
         responses, scores = ((non_answer, answer), (0.0, 1.0)) if flip else ((answer, non_answer), (1.0, 0.0))
-        rows.append(PreferenceRow(source=source, index=index, prompt=f"What is {a} + {b}?", responses=responses, scores=scores))
+        rows.append(
+            PreferenceRow(source=source, index=index, prompt=f"What is {a} + {b}?", responses=responses, scores=scores)
+        )
     return rows
 
 
@@ -47,8 +49,15 @@ def split_pairs(seed: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, i
 
 
 def teach_format(
-    model, tokenizer, rows: Sequence[PreferenceRow], seed: int, lr: float = 3e-3, pretrain_steps: int = 120,
-    check_every: int = 40, max_polish_steps: int = 320, max_failure_rate: float = 0.05,
+    model,
+    tokenizer,
+    rows: Sequence[PreferenceRow],
+    seed: int,
+    lr: float = 3e-3,
+    pretrain_steps: int = 120,
+    check_every: int = 40,
+    max_polish_steps: int = 320,
+    max_failure_rate: float = 0.05,
 ) -> float:
     """Supervised warm start on judging prompts whose target verdict is a RANDOM order: the format, not the judging.
 
@@ -210,7 +219,8 @@ class JudgeRoutingEngine:
         return RolloutBatch(
             prompt_ids=[encode(p) for p in prompts],
             completion_ids=[encode(t) + [tokenizer.eos_token_id] for t in texts],
-            texts=texts, finish_reasons=["stop"] * len(texts),
+            texts=texts,
+            finish_reasons=["stop"] * len(texts),
         )
 
     def sync_weights(self) -> None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from urpo.data.schema import OpenRow, PreferenceRow, VerifiableRow
-from urpo.referee import RefereeTemplate
 from urpo.episode import Episode
+from urpo.referee import RefereeTemplate
 from urpo.rewards.base import RewardContext
 from urpo.rollout import RolloutBatch, SamplingArgs
 
@@ -41,8 +41,10 @@ class ScriptedEngine:
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingArgs) -> RolloutBatch:
         self.calls.append((list(prompts), n, sampling))
         texts = [self.reply(p, k) for p in prompts for k in range(n)]
-        encode = (lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]) if self.tokenizer else (
-            lambda t: [1] * len(t.split())
+        encode = (
+            (lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"])
+            if self.tokenizer
+            else (lambda t: [1] * len(t.split()))
         )
         eos = [self.tokenizer.eos_token_id] if self.tokenizer is not None else []
         return RolloutBatch(
@@ -61,8 +63,11 @@ def fake_context(
 ) -> RewardContext:
     """What reward callbacks get from a run, with a scripted engine and a word tokenizer."""
     return RewardContext(
-        engine=engine, tokenizer=WordTokenizer(), referee=template or RefereeTemplate(),
-        sampling=SamplingArgs(max_new_tokens=64), rewards=tuple(rewards),
+        engine=engine,
+        tokenizer=WordTokenizer(),
+        referee=template or RefereeTemplate(),
+        sampling=SamplingArgs(max_new_tokens=64),
+        rewards=tuple(rewards),
     )
 
 

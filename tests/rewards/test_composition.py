@@ -65,9 +65,11 @@ def make_module(
             return engine_factory(self) if engine_factory else super()._build_engine()
 
     module = Module(
-        model=ModelArgs(name_or_path=model_dir), rewards=rewards,
+        model=ModelArgs(name_or_path=model_dir),
+        rewards=rewards,
         grpo=GRPOArgs(num_generations=G, preference_orders=preference_orders),
-        sampling=SamplingArgs(max_new_tokens=8), logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
+        sampling=SamplingArgs(max_new_tokens=8),
+        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
     )
     module.configure_model()
@@ -76,8 +78,14 @@ def make_module(
 
 def fit_one_step(module: URPOModule, tmp_path) -> dict[str, float]:
     trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, train_dataloaders=DataLoader([rows()], batch_size=None, collate_fn=lambda batch: batch))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -93,6 +101,7 @@ def test_self_judge_on_the_tiny_model_really_generates(tiny_model_dir: str) -> N
     module = make_module(tiny_model_dir, [MathVerifier(), judge])
     calls = []
     generate = module.engine.generate
+
     def counted(prompts, n, sampling):
         calls.append((len(prompts), n))
         return generate(prompts, n, sampling)
@@ -123,9 +132,17 @@ def test_one_training_step_with_all_kinds_updates_the_model(tiny_model_dir: str,
     # Verifiable groups differ in length, so the length penalty alone gives them nonzero advantages.
     assert changed_fraction(before, module.policy) > 0.5
     assert {f"time/{phase}" for phase in PHASES} <= set(metrics)  # every phase, judge included (two judging rewards)
-    for key in ("time/reward/self_judge", "time/reward/preference_reward", "time/reward/math_verifier",
-                "reward/self_judge/parse_failure_rate", "reward/preference_reward/parse_failure_rate",
-                "reward/length_penalty/chars_mean", "rows/open", "rows/preference", "rows/verifiable"):
+    for key in (
+        "time/reward/self_judge",
+        "time/reward/preference_reward",
+        "time/reward/math_verifier",
+        "reward/self_judge/parse_failure_rate",
+        "reward/preference_reward/parse_failure_rate",
+        "reward/length_penalty/chars_mean",
+        "rows/open",
+        "rows/preference",
+        "rows/verifiable",
+    ):
         assert key in metrics, key
     print({k: round(v, 4) for k, v in metrics.items() if k.startswith("time/")})
 

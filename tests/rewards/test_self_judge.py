@@ -45,8 +45,17 @@ def same(a: list[float], b: list[float]) -> bool:
 
 @pytest.mark.parametrize(
     ("n", "k", "sizes"),
-    [(4, 4, [4]), (4, 2, [2, 2]), (5, 2, [3, 2]), (3, 2, [3]), (6, 4, [3, 3]), (5, 4, [3, 2]), (7, 3, [3, 2, 2]),
-     (2, 9, [2]), (8, 3, [3, 3, 2])],
+    [
+        (4, 4, [4]),
+        (4, 2, [2, 2]),
+        (5, 2, [3, 2]),
+        (3, 2, [3]),
+        (6, 4, [3, 3]),
+        (5, 4, [3, 2]),
+        (7, 3, [3, 2, 2]),
+        (2, 9, [2]),
+        (8, 3, [3, 3, 2]),
+    ],
 )
 def test_split_even(n: int, k: int, sizes: list[int]) -> None:
     chunks = split_even(list(range(n)), k)
@@ -253,8 +262,15 @@ def test_cross_check_needs_a_verifier() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"judgments_per_group": 0}, {"chunk_size": 1}, {"max_prompt_tokens": 0}, {"shuffle": "none"},
-     {"temperature": 0.0}, {"max_new_tokens": 0}, {"length_tiebreak": -0.1}],
+    [
+        {"judgments_per_group": 0},
+        {"chunk_size": 1},
+        {"max_prompt_tokens": 0},
+        {"shuffle": "none"},
+        {"temperature": 0.0},
+        {"max_new_tokens": 0},
+        {"length_tiebreak": -0.1},
+    ],
 )
 def test_rejects_bad_config(kwargs: dict) -> None:
     with pytest.raises(ConfigError):

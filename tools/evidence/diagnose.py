@@ -60,7 +60,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     steps, history = result["steps"], result["history"]
     third = max(len(steps) // 3, 1)
     return {
-        "all_steps": signal(steps, 0, len(steps)), "first_third": signal(steps, 0, third), "last_third": signal(steps, len(steps) - third, len(steps)),
+        "all_steps": signal(steps, 0, len(steps)),
+        "first_third": signal(steps, 0, third),
+        "last_third": signal(steps, len(steps) - third, len(steps)),
         "judging_curve": [(h["step"], h["referee_accuracy"]) for h in history],
         "judging_gain": history[-1]["referee_accuracy"] - history[0]["referee_accuracy"],
         "seconds": result["seconds"],
@@ -82,8 +84,8 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     from urpo.models import ModelArgs, load_tokenizer
     from urpo.prompts import render_chat
     from urpo.ranking import pairwise_accuracy
-    from urpo.referee_eval import judging_prompts
     from urpo.referee import read_verdict
+    from urpo.referee_eval import judging_prompts
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = load_tokenizer(ModelArgs(name_or_path=model_dir))
@@ -102,9 +104,12 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
         right_own_right += correct and own_is_right
         first_named_a += verdict.parsed and set(verdict.tiers[0]) == {order[0]}
     n = len(texts)
-    return {"judging_accuracy": right / n, "own_answer_right": own_right / n,
-            "accuracy_when_own_right": right_own_right / max(own_right, 1),
-            "names_first_shown_first": first_named_a / n}
+    return {
+        "judging_accuracy": right / n,
+        "own_answer_right": own_right / n,
+        "accuracy_when_own_right": right_own_right / max(own_right, 1),
+        "names_first_shown_first": first_named_a / n,
+    }
 
 
 def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) -> Path:
@@ -178,8 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=Path, required=True, help="a warm start folder (tools.evidence.warm_start)")
-    parser.add_argument("--position-biased", action="store_true",
-                        help="first teach the warm start to always rank the first shown answer best (a judge at chance)")
+    parser.add_argument(
+        "--position-biased",
+        action="store_true",
+        help="first teach the warm start to always rank the first shown answer best (a judge at chance)",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=RLConfig.steps)
@@ -194,17 +202,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.variants:
         for seed in args.seeds:
             rl = replace(RLConfig(steps=args.steps), **VARIANTS[name])
-            tasks[f"{name}/{seed}"] = {"kind": "referee", "seed": seed, "warm_dir": str(args.warm), "files": files,
-                                       "rl": asdict(rl), "deps": [], "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}")}
+            tasks[f"{name}/{seed}"] = {
+                "kind": "referee",
+                "seed": seed,
+                "warm_dir": str(args.warm),
+                "files": files,
+                "rl": asdict(rl),
+                "deps": [],
+                "save_dir": str(args.work / f"diag_{args.warm.name}_{name}_{seed}"),
+            }
     start = time.time()
     results = schedule(tasks, args.workers)
-    rows = {key: {"variant": key.split("/")[0], "seed": results[key]["seed"], "settings": VARIANTS[key.split("/")[0]],
-                  **summarize(results[key])} for key in tasks}
+    rows = {
+        key: {
+            "variant": key.split("/")[0],
+            "seed": results[key]["seed"],
+            "settings": VARIANTS[key.split("/")[0]],
+            **summarize(results[key]),
+        }
+        for key in tasks
+    }
     for key, task in tasks.items():
         rows[key]["anatomy_after"] = anatomy(task["save_dir"], files)
     warm = anatomy(str(args.warm), files)
-    document = {"warm": str(args.warm), "steps": args.steps, "wall_seconds": time.time() - start, "rows": rows,
-                "warm_anatomy": warm}
+    document = {
+        "warm": str(args.warm),
+        "steps": args.steps,
+        "wall_seconds": time.time() - start,
+        "rows": rows,
+        "warm_anatomy": warm,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "diagnosis_position_biased" if args.position_biased else "diagnosis"
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")

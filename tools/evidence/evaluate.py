@@ -35,7 +35,10 @@ class HeldOut:
 
     @classmethod
     def load(cls, files: dict[str, Path], limit: int | None = None) -> HeldOut:
-        prefs = [adapt_generic(r, source="eval_preference", index=i) for i, r in enumerate(read_jsonl(files["eval_preference"]))]
+        prefs = [
+            adapt_generic(r, source="eval_preference", index=i)
+            for i, r in enumerate(read_jsonl(files["eval_preference"]))
+        ]
         return cls(read_jsonl(files["eval_open"])[:limit], read_jsonl(files["eval_verifiable"])[:limit], prefs[:limit])
 
 
@@ -50,8 +53,12 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_
             ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
             input_ids, mask = left_pad(ids, tokenizer.pad_token_id, next(model.parameters()).device)
             out = model.generate(
-                input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )  # [B, P + T]
             texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
     finally:
@@ -70,7 +77,9 @@ def answer_of(text: str) -> int | None:
 
 def solve_accuracy(model, tokenizer, records: Sequence[dict]) -> float:
     """Share of problems whose greedy answer equals the truth."""
-    prompts = [render_chat(tokenizer, PLAYER.messages(OpenRow(source="eval", index=0, prompt=r["prompt"]))) for r in records]
+    prompts = [
+        render_chat(tokenizer, PLAYER.messages(OpenRow(source="eval", index=0, prompt=r["prompt"]))) for r in records
+    ]
     answers = [answer_of(t) for t in greedy(model, tokenizer, prompts, max_new_tokens=10)]
     return sum(a == r["truth"] for a, r in zip(answers, records)) / max(len(records), 1)
 
@@ -78,8 +87,11 @@ def solve_accuracy(model, tokenizer, records: Sequence[dict]) -> float:
 def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow]) -> float:
     """``urpo eval-referee``'s overall accuracy with greedy judgments."""
     report = evaluate_referee(
-        rows, ["all"] * len(rows), lambda prompts: greedy(model, tokenizer, prompts, max_new_tokens=32),
-        REFEREE, lambda messages: render_chat(tokenizer, messages),
+        rows,
+        ["all"] * len(rows),
+        lambda prompts: greedy(model, tokenizer, prompts, max_new_tokens=32),
+        REFEREE,
+        lambda messages: render_chat(tokenizer, messages),
     )
     return report["overall"]["accuracy"] or 0.0
 

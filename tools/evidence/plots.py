@@ -28,8 +28,15 @@ def plot_final(summary: dict[str, Any], path: Path) -> None:
         for m, metric in enumerate(METRICS):
             entry = summary[run][metric]
             x = m + (r - (len(RUN_LABELS) - 1) / 2) * width
-            ax.bar(x, 100 * entry["mean"], width, yerr=100 * entry["std"], color=COLORS[run], capsize=3,
-                   label=RUN_LABELS[run] if m == 0 else None)
+            ax.bar(
+                x,
+                100 * entry["mean"],
+                width,
+                yerr=100 * entry["std"],
+                color=COLORS[run],
+                capsize=3,
+                label=RUN_LABELS[run] if m == 0 else None,
+            )
             ax.scatter([x] * len(entry["values"]), [100 * v for v in entry["values"]], s=8, color="black", zorder=3)
     ax.set_xticks(range(len(METRICS)), list(METRICS.values()))
     ax.set_ylabel("held-out accuracy (%)")
@@ -41,7 +48,9 @@ def plot_final(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _curve(results: dict[str, dict], run: str, seeds: list[int], metric: str) -> tuple[list[int], list[float], list[float]]:
+def _curve(
+    results: dict[str, dict], run: str, seeds: list[int], metric: str
+) -> tuple[list[int], list[float], list[float]]:
     histories = [results[f"{run}/{s}"]["history"] for s in seeds]
     steps = [h["step"] for h in histories[0]]
     means, stds = [], []
@@ -63,8 +72,13 @@ def plot_curves(results: dict[str, dict], meta: dict[str, Any], path: Path) -> N
             steps, mean, std = _curve(results, run, seeds, metric)
             label = "baseline's referee (trained, then frozen)" if run == "referee" else RUN_LABELS[run]
             ax.plot(steps, mean, color=COLORS[run], label=label, linestyle="--" if run == "referee" else "-")
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=COLORS[run], alpha=0.15)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color=COLORS[run],
+                alpha=0.15,
+            )
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.set_ylabel("held-out accuracy (%)")
@@ -91,8 +105,13 @@ def plot_rewards(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
     the sampled answers were right (means over 10-step blocks and over seeds)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, (key, title) in zip(axes, (("truth_agreement", "Open-row reward agrees with truth (pairs)"),
-                                        ("open_correct", "Open-row answers sampled in training that are right"))):
+    for ax, (key, title) in zip(
+        axes,
+        (
+            ("truth_agreement", "Open-row reward agrees with truth (pairs)"),
+            ("open_correct", "Open-row answers sampled in training that are right"),
+        ),
+    ):
         for run, judge in JUDGE_NAMES.items():
             steps, mean = _block_series(results, run, meta["seeds"], f"reward/{judge}/{key}")
             ax.plot(steps, [100 * v for v in mean], color=COLORS[run], label=RUN_LABELS[run], marker=".")
@@ -114,8 +133,13 @@ def plot_referee(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for seed in seeds:
         history = results[f"urpo/{seed}"]["history"]
-        axes[0].plot([h["step"] for h in history], [100 * h["referee_accuracy"] for h in history], color=COLORS["urpo"],
-                     alpha=0.35, linewidth=0.9)
+        axes[0].plot(
+            [h["step"] for h in history],
+            [100 * h["referee_accuracy"] for h in history],
+            color=COLORS["urpo"],
+            alpha=0.35,
+            linewidth=0.9,
+        )
     for run, label in (("urpo", "URPO (mean; thin: seeds)"), ("referee", "dedicated referee (mean)")):
         steps, mean, _ = _curve(results, run, seeds, "referee_accuracy")
         axes[0].plot(steps, mean, color=COLORS[run], label=label, linewidth=2, marker="o")

@@ -50,13 +50,17 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
         summary[run]["seconds"] = stats([results[n]["seconds"] for n in names])
     # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's is frozen.
     summary["urpo"]["open_referee_accuracy"] = summary["urpo"]["referee_accuracy"]
-    summary["separate_referee"]["open_referee_accuracy"] = stats([results[f"referee/{s}"]["final"]["referee_accuracy"] for s in seeds])
+    summary["separate_referee"]["open_referee_accuracy"] = stats(
+        [results[f"referee/{s}"]["final"]["referee_accuracy"] for s in seeds]
+    )
     summary["referee"] = {"seconds": stats([results[f"referee/{s}"]["seconds"] for s in seeds])}
     for run in JUDGE_NAMES:
         summary[run]["reward_truth_agreement"] = stats([truth_agreement(results, run, s) for s in seeds])
     summary["comparisons"] = comparisons(results, seeds, warm_of)
     summary["judging_curves"] = judging_curves(results, seeds)
-    summary["warm_start"]["train_steps"] = stats([results[f"warm_start/{warm_of[s]}"].get("train_steps") for s in seeds])
+    summary["warm_start"]["train_steps"] = stats(
+        [results[f"warm_start/{warm_of[s]}"].get("train_steps") for s in seeds]
+    )
     return summary
 
 
@@ -85,11 +89,18 @@ def comparisons(results: dict[str, dict], seeds: list[int], warm_of: dict[int, i
     """The paper's claims as paired per-seed differences (a seed's runs share its warm start and RL seed)."""
     warm = {s: results[f"warm_start/{warm_of[s]}"]["scores"] for s in seeds}
     final = lambda run, s, m: results[f"{run}/{s}"]["final"][m]  # noqa: E731
-    out = {f"{run}_judging_gain": paired_test([final(run, s, "referee_accuracy") - warm[s]["referee_accuracy"] for s in seeds])
-           for run in ("urpo", "referee", "separate_referee", "verifiable_only")}
-    out["urpo_minus_baseline_open"] = paired_test([final("urpo", s, "open_accuracy") - final("separate_referee", s, "open_accuracy") for s in seeds])
+    out = {
+        f"{run}_judging_gain": paired_test(
+            [final(run, s, "referee_accuracy") - warm[s]["referee_accuracy"] for s in seeds]
+        )
+        for run in ("urpo", "referee", "separate_referee", "verifiable_only")
+    }
+    out["urpo_minus_baseline_open"] = paired_test(
+        [final("urpo", s, "open_accuracy") - final("separate_referee", s, "open_accuracy") for s in seeds]
+    )
     out["urpo_minus_dedicated_referee_judging"] = paired_test(
-        [final("urpo", s, "referee_accuracy") - final("referee", s, "referee_accuracy") for s in seeds])
+        [final("urpo", s, "referee_accuracy") - final("referee", s, "referee_accuracy") for s in seeds]
+    )
     out["urpo_open_gain"] = paired_test([final("urpo", s, "open_accuracy") - warm[s]["open_accuracy"] for s in seeds])
     return out
 
@@ -103,12 +114,23 @@ def _cell(entry: dict[str, Any] | None, percent: bool = True) -> str:
 
 def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The results table: mean ± std over seeds, in percent."""
-    head = ["Run", *METRICS.values(), "Referee that rewarded open rows", "Reward-truth agreement (open, training)", "Seconds per run"]
+    head = [
+        "Run",
+        *METRICS.values(),
+        "Referee that rewarded open rows",
+        "Reward-truth agreement (open, training)",
+        "Seconds per run",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, label in RUN_LABELS.items():
         row = summary[run]
-        cells = [label, *(_cell(row[m]) for m in METRICS), _cell(row.get("open_referee_accuracy")),
-                 _cell(row.get("reward_truth_agreement")), _cell(row["seconds"], percent=False)]
+        cells = [
+            label,
+            *(_cell(row[m]) for m in METRICS),
+            _cell(row.get("open_referee_accuracy")),
+            _cell(row.get("reward_truth_agreement")),
+            _cell(row["seconds"], percent=False),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(meta["seeds"])
     warm = (
@@ -128,7 +150,9 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es).",
         *([meta["note"]] if meta.get("note") else []),
     ]
-    return "\n".join(lines + notes + judging_table(summary.get("judging_curves", {}), meta) + claims_table(summary)) + "\n"
+    return (
+        "\n".join(lines + notes + judging_table(summary.get("judging_curves", {}), meta) + claims_table(summary)) + "\n"
+    )
 
 
 def judging_curves(results: dict[str, dict], seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
@@ -137,14 +161,19 @@ def judging_curves(results: dict[str, dict], seeds: list[int]) -> dict[str, list
     for run in ("urpo", "referee", "separate_referee", "verifiable_only"):
         histories = [results[f"{run}/{s}"]["history"] for s in seeds]
         points = min(len(h) for h in histories)
-        curves[run] = [{"step": histories[0][i]["step"], **stats([h[i]["referee_accuracy"] for h in histories])}
-                       for i in range(points)]
+        curves[run] = [
+            {"step": histories[0][i]["step"], **stats([h[i]["referee_accuracy"] for h in histories])}
+            for i in range(points)
+        ]
     return curves
 
 
-JUDGING_LABELS = {"urpo": "URPO (one model, all kinds)", "referee": "Dedicated referee (preference rows only)",
-                  "separate_referee": "Baseline's policy (judged by the frozen referee)",
-                  "verifiable_only": "GRPO, verifiable rows only"}
+JUDGING_LABELS = {
+    "urpo": "URPO (one model, all kinds)",
+    "referee": "Dedicated referee (preference rows only)",
+    "separate_referee": "Baseline's policy (judged by the frozen referee)",
+    "verifiable_only": "GRPO, verifiable rows only",
+}
 
 
 def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[str]:
@@ -152,8 +181,13 @@ def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
     if not curves:
         return []
     steps = [p["step"] for p in curves["urpo"]]
-    lines = ["", "Held-out judging accuracy during training (greedy, both presentation orders; mean ± std, %):", "",
-             "| Run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    lines = [
+        "",
+        "Held-out judging accuracy during training (greedy, both presentation orders; mean ± std, %):",
+        "",
+        "| Run | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
     for run, points in curves.items():
         lines.append(f"| {JUDGING_LABELS[run]} | " + " | ".join(_cell(p) for p in points) + " |")
     return lines
@@ -174,8 +208,13 @@ def claims_table(summary: dict[str, Any]) -> list[str]:
     rows = summary.get("comparisons")
     if not rows:
         return []
-    lines = ["", "Paired differences per seed (points; a seed's runs share its warm start), one-sided t-test at 5%:", "",
-             "| Difference | mean ± std | seeds > 0 | t | mean > 0 at 5%? |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Paired differences per seed (points; a seed's runs share its warm start), one-sided t-test at 5%:",
+        "",
+        "| Difference | mean ± std | seeds > 0 | t | mean > 0 at 5%? |",
+        "|---|---|---|---|---|",
+    ]
     for key, label in CLAIMS.items():
         entry = rows[key]
         t = "n/a" if entry["t"] is None else f"{entry['t']:.2f}"

@@ -32,8 +32,15 @@ RUNS = ("warm_start", "urpo", "separate_referee", "verifiable_only")
 """The rows of the table; the baseline's referee is trained as a run of its own, ``referee``."""
 
 
-def plan(seeds: list[int], work: Path, files: dict[str, str], rl: RLConfig, warm: WarmStartConfig,
-         warm_per_seed: bool, workers: int = 1) -> dict[str, dict[str, Any]]:
+def plan(
+    seeds: list[int],
+    work: Path,
+    files: dict[str, str],
+    rl: RLConfig,
+    warm: WarmStartConfig,
+    warm_per_seed: bool,
+    workers: int = 1,
+) -> dict[str, dict[str, Any]]:
     """Every task with its dependencies, longest chains first (warm start -> referee -> baseline)."""
     tasks: dict[str, dict[str, Any]] = {}
     common = {"files": files, "rl": asdict(rl)}
@@ -41,13 +48,27 @@ def plan(seeds: list[int], work: Path, files: dict[str, str], rl: RLConfig, warm
         warm_seed = seed if warm_per_seed else seeds[0]
         warm_name, warm_dir = f"warm_start/{warm_seed}", str(work / f"warm_start_{warm_seed}")
         threads = 1 if warm_per_seed else workers
-        tasks.setdefault(warm_name, {"kind": "warm", "seed": warm_seed, "out": warm_dir, "warm": asdict(warm),
-                                     "threads": threads, "deps": [], **common})
+        tasks.setdefault(
+            warm_name,
+            {
+                "kind": "warm",
+                "seed": warm_seed,
+                "out": warm_dir,
+                "warm": asdict(warm),
+                "threads": threads,
+                "deps": [],
+                **common,
+            },
+        )
         referee_dir = str(work / f"referee_{seed}")
         base = {"seed": seed, "warm_dir": warm_dir, "deps": [warm_name], **common}
         tasks[f"referee/{seed}"] = {"kind": "referee", "save_dir": referee_dir, **base}
-        tasks[f"separate_referee/{seed}"] = {**base, "kind": "separate_referee", "referee_dir": referee_dir,
-                                             "deps": [warm_name, f"referee/{seed}"]}
+        tasks[f"separate_referee/{seed}"] = {
+            **base,
+            "kind": "separate_referee",
+            "referee_dir": referee_dir,
+            "deps": [warm_name, f"referee/{seed}"],
+        }
         tasks[f"urpo/{seed}"] = {"kind": "urpo", **base}
         tasks[f"verifiable_only/{seed}"] = {"kind": "verifiable_only", **base}
     return tasks
@@ -87,12 +108,21 @@ def _brief(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="URPO's claims in miniature, on a CPU (docs/evidence.md).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                        help="seeds (default: 0 1 2 3 4); seed s trains warm start s, then every RL run with seed s")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="seeds (default: 0 1 2 3 4); seed s trains warm start s, then every RL run with seed s",
+    )
     parser.add_argument("--steps", type=int, default=RLConfig.steps, help="RL steps of every run")
     parser.add_argument("--warm-steps", type=int, default=WarmStartConfig.steps, help="supervised warm-start steps")
-    parser.add_argument("--shared-warm-start", dest="warm_per_seed", action="store_false",
-                        help="one warm start (the first seed's) for every seed, instead of one per seed")
+    parser.add_argument(
+        "--shared-warm-start",
+        dest="warm_per_seed",
+        action="store_false",
+        help="one warm start (the first seed's) for every seed, instead of one per seed",
+    )
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one thread each (default: 2)")
     parser.add_argument("--out", type=Path, default=Path("docs/evidence"), help="where results and plots go")
     parser.add_argument("--work", type=Path, default=Path("build/evidence"), help="models and data files")
@@ -118,9 +148,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     files = {k: str(v) for k, v in write_world(args.work / "world", world).items()}
     tasks = plan(args.seeds, args.work, files, rl, warm, args.warm_per_seed, args.workers)
     results = schedule(tasks, args.workers)
-    meta = {"seeds": args.seeds, "world": asdict(world), "warm_start": asdict(warm), "rl": asdict(rl),
-            "warm_per_seed": args.warm_per_seed, "workers": args.workers, "wall_seconds": time.time() - start,
-            "command": "python -m tools.evidence.run " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {
+        "seeds": args.seeds,
+        "world": asdict(world),
+        "warm_start": asdict(warm),
+        "rl": asdict(rl),
+        "warm_per_seed": args.warm_per_seed,
+        "workers": args.workers,
+        "wall_seconds": time.time() - start,
+        "command": "python -m tools.evidence.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     report = write_report(results, meta, args.out)
     print(f"done in {meta['wall_seconds']:.0f}s; table: {args.out / 'results.md'}")
     print((args.out / "results.md").read_text())

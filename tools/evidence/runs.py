@@ -92,8 +92,13 @@ def quiet() -> None:
 
 def judge_args(cfg: RLConfig, seed: int) -> dict[str, Any]:
     """SelfJudge settings shared by URPO's self-judge and the baseline's frozen judge: pairs, mirrored orders."""
-    return {"judgments_per_group": cfg.judgments_per_group, "chunk_size": 2, "shuffle": "mirrored", "seed": seed,
-            "temperature": cfg.judge_temperature}
+    return {
+        "judgments_per_group": cfg.judgments_per_group,
+        "chunk_size": 2,
+        "shuffle": "mirrored",
+        "seed": seed,
+        "temperature": cfg.judge_temperature,
+    }
 
 
 def rewards_for(run: str, cfg: RLConfig, seed: int, files: dict[str, str], referee_dir: str | None) -> list:
@@ -127,8 +132,15 @@ class StepRecorder(L.Callback):
         self.steps.append({"step": module.global_step, **keep})
 
 
-def train_run(run: str, seed: int, warm_dir: str, files: dict[str, str], cfg: RLConfig,
-              referee_dir: str | None = None, save_dir: str | None = None) -> dict[str, Any]:
+def train_run(
+    run: str,
+    seed: int,
+    warm_dir: str,
+    files: dict[str, str],
+    cfg: RLConfig,
+    referee_dir: str | None = None,
+    save_dir: str | None = None,
+) -> dict[str, Any]:
     """Trains one run and returns its held-out history, per-step reward metrics and wall time."""
     import torch
 
@@ -145,28 +157,49 @@ def train_run(run: str, seed: int, warm_dir: str, files: dict[str, str], cfg: RL
     start = time.time()
     L.seed_everything(seed, verbose=False)
     module = URPOModule(
-        model=ModelArgs(name_or_path=warm_dir), rewards=rewards_for(run, cfg, seed, files, referee_dir),
+        model=ModelArgs(name_or_path=warm_dir),
+        rewards=rewards_for(run, cfg, seed, files, referee_dir),
         grpo=GRPOArgs(num_generations=cfg.num_generations, preference_orders=cfg.preference_orders),  # type: ignore[arg-type]
         sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
-        player=PLAYER, referee=REFEREE, optimizer=partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0),
-        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None), seed=seed,
+        player=PLAYER,
+        referee=REFEREE,
+        optimizer=partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0),
+        logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
+        seed=seed,
     )
     batch = referee_batch(cfg) if run == "referee" else cfg.prompts_per_step
     data = URPODataModule(
-        sources=[SourceSpec(adapter="generic", path=files["train"])], mixture=RUN_MIXTURES[run], batch_size=batch, seed=seed
+        sources=[SourceSpec(adapter="generic", path=files["train"])],
+        mixture=RUN_MIXTURES[run],
+        batch_size=batch,
+        seed=seed,
     )
     evaluator, recorder = EvalCallback(HeldOut.load(files, cfg.eval_limit), cfg.eval_every), StepRecorder()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluator, recorder],
-        limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_steps=cfg.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[evaluator, recorder],
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=data)
     if save_dir is not None:
         module.policy.save_pretrained(save_dir)
         module.tokenizer.save_pretrained(save_dir)
-    return {"run": run, "seed": seed, "history": evaluator.history, "steps": recorder.steps,
-            "final": evaluator.history[-1], "seconds": time.time() - start, "config": asdict(cfg)}
+    return {
+        "run": run,
+        "seed": seed,
+        "history": evaluator.history,
+        "steps": recorder.steps,
+        "final": evaluator.history[-1],
+        "seconds": time.time() - start,
+        "config": asdict(cfg),
+    }
 
 
 def evaluate_model(model_dir: str, files: dict[str, str], cfg: RLConfig) -> dict[str, float]:
@@ -195,8 +228,15 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
         out = build_warm_start(Path(task["out"]), task["seed"], WarmStartConfig(**task["warm"]))
         out["scores"] = evaluate_model(task["out"], task["files"], RLConfig(**task["rl"]))
     else:
-        out = train_run(kind, task["seed"], task["warm_dir"], task["files"], RLConfig(**task["rl"]),
-                        task.get("referee_dir"), task.get("save_dir"))
+        out = train_run(
+            kind,
+            task["seed"],
+            task["warm_dir"],
+            task["files"],
+            RLConfig(**task["rl"]),
+            task.get("referee_dir"),
+            task.get("save_dir"),
+        )
     # CPU seconds of this single-threaded process: on a shared machine, close to the wall time it takes on an idle core.
     out["seconds"], out["cpu_seconds"] = time.time() - start, time.process_time() - cpu_start
     return out

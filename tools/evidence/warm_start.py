@@ -44,7 +44,11 @@ from urpo.prompts import render_chat
 from urpo.referee import shuffled_order
 
 WORD_TOKENS = [
-    "\\boxed{", "<ranking>", "</ranking>", "[User Prompt]", "[End of User Prompt]",
+    "\\boxed{",
+    "<ranking>",
+    "</ranking>",
+    "[User Prompt]",
+    "[End of User Prompt]",
     *(f"[{end}Response {label}]" for label in "ABCD" for end in ("", "End of ")),
 ]
 """Kept whole (plain added tokens, not special: decoding keeps them), so answers and verdicts are a few tokens."""
@@ -116,8 +120,10 @@ def build_tokenizer(problems: list[Problem], seed: int):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=384, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=384,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(tokenizer_corpus(problems, random.Random(seed)), trainer)
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in WORD_TOKENS])
@@ -135,10 +141,17 @@ def build_model(tokenizer, cfg: WarmStartConfig, seed: int):
     torch.manual_seed(seed)
     heads = max(cfg.hidden // 32, 1)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
-        num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
     )
     return Qwen2ForCausalLM(config)
 
@@ -169,7 +182,9 @@ def judge_example(problem: Problem, noise: float, rng: random.Random) -> tuple[l
     own = problem.truth
     if rng.random() < noise:
         own = max(0, own + rng.choice(DISTRACTOR_OFFSETS))
-    return REFEREE.messages(problem.prompt, [boxed(v) for v in values], order), judge_target(own, [values[i] for i in order])
+    return REFEREE.messages(problem.prompt, [boxed(v) for v in values], order), judge_target(
+        own, [values[i] for i in order]
+    )
 
 
 def judge_target(own: int, shown: Sequence[int]) -> str:
@@ -257,8 +272,11 @@ def check_set(split: Split, world: WorldConfig):
 
 def missed_targets(scores: dict[str, float], cfg: WarmStartConfig) -> list[str]:
     """The targets a warm start's check scores miss, as readable lines (empty: it may start RL)."""
-    wanted = {"open_accuracy": cfg.target_solve, "verifiable_accuracy": cfg.target_solve,
-              "referee_accuracy": cfg.target_judge}
+    wanted = {
+        "open_accuracy": cfg.target_solve,
+        "verifiable_accuracy": cfg.target_solve,
+        "referee_accuracy": cfg.target_judge,
+    }
     return [f"{k} {scores[k]:.3f} < {v:.2f}" for k, v in wanted.items() if scores[k] < v]
 
 
@@ -289,7 +307,9 @@ def train(model, tokenizer, split: Split, cfg: WarmStartConfig, seed: int, world
     )
 
 
-def build_warm_start(out: Path, seed: int = 0, cfg: WarmStartConfig = WarmStartConfig(), world: WorldConfig = WorldConfig()) -> dict:
+def build_warm_start(
+    out: Path, seed: int = 0, cfg: WarmStartConfig = WarmStartConfig(), world: WorldConfig = WorldConfig()
+) -> dict:
     """Builds, trains, gates and saves the warm start into ``out`` (loadable with ``ModelArgs(name_or_path=out)``).
 
     A folder that already holds a warm start of the same seed and settings is reused (``warm_start.json``).
@@ -317,8 +337,15 @@ def build_warm_start(out: Path, seed: int = 0, cfg: WarmStartConfig = WarmStartC
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     losses = trained["losses"]
-    record.update({"train_steps": len(losses), "checks": trained["checks"], "final_loss": sum(losses[-20:]) / min(20, len(losses)),
-                   "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - start})
+    record.update(
+        {
+            "train_steps": len(losses),
+            "checks": trained["checks"],
+            "final_loss": sum(losses[-20:]) / min(20, len(losses)),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds": time.time() - start,
+        }
+    )
     stamp.write_text(json.dumps(record, indent=1))
     return record
 

@@ -34,7 +34,10 @@ DISTRACTOR_OFFSETS = (-10, -3, -2, -1, 1, 2, 3, 10)
 PLAYER = PlayerTemplate(system=None, verifiable_suffix="", open_suffix="")
 """Both kinds are asked the same way; the warm start teaches the ``\\boxed{}`` answer format."""
 REFEREE = RefereeTemplate(
-    system=None, instruction="Solve the problem, then rank the {n} answers, best first.", reminder=None, show_reference=False
+    system=None,
+    instruction="Solve the problem, then rank the {n} answers, best first.",
+    reminder=None,
+    show_reference=False,
 )
 """A short judging prompt (the tiny model's context and the CPU budget are small); same tags and parser as the default.
 The referee reasons first, here by solving the problem itself, then gives its ranking."""
@@ -141,8 +144,10 @@ def utilities(problem: Problem, values: Sequence[int]) -> list[float]:
 def preference_record(problem: Problem, values: Sequence[int]) -> dict:
     """A ``generic``-adapter preference record with gold scores."""
     return {
-        "kind": "preference", "prompt": problem.prompt,
-        "responses": [boxed(v) for v in values], "scores": utilities(problem, values),
+        "kind": "preference",
+        "prompt": problem.prompt,
+        "responses": [boxed(v) for v in values],
+        "scores": utilities(problem, values),
     }
 
 
@@ -187,10 +192,16 @@ def write_world(folder: Path, cfg: WorldConfig = WorldConfig()) -> dict[str, Pat
     train += list(preference_records(split.get("rl_judge"), cfg, rng))
     files = {
         "train": write_jsonl(folder / "train.jsonl", train),
-        "truth_open_train": write_jsonl(folder / "truth_open_train.jsonl", [truth_record(p) for p in split.get("rl_solve", OPEN_OP)]),
+        "truth_open_train": write_jsonl(
+            folder / "truth_open_train.jsonl", [truth_record(p) for p in split.get("rl_solve", OPEN_OP)]
+        ),
         "eval_open": write_jsonl(folder / "eval_open.jsonl", [truth_record(p) for p in split.get("heldout", OPEN_OP)]),
-        "eval_verifiable": write_jsonl(folder / "eval_verifiable.jsonl", [truth_record(p) for p in split.get("heldout", VERIFIABLE_OP)]),
-        "eval_preference": write_jsonl(folder / "eval_preference.jsonl", list(preference_records(split.get("heldout"), cfg, rng))),
+        "eval_verifiable": write_jsonl(
+            folder / "eval_verifiable.jsonl", [truth_record(p) for p in split.get("heldout", VERIFIABLE_OP)]
+        ),
+        "eval_preference": write_jsonl(
+            folder / "eval_preference.jsonl", list(preference_records(split.get("heldout"), cfg, rng))
+        ),
     }
     return files
 

@@ -115,7 +115,11 @@ class URPODataModule(L.LightningDataModule):
             raise ConfigError("data.sources: at least one training source is needed")
         if not oversample >= 1.0:  # also refuses NaN
             raise ConfigError(f"data.oversample must be >= 1 (1: no dynamic sampling), got {oversample}")
-        self.sources, self.val_sources, self.test_sources = list(sources), list(val_sources or []), list(test_sources or [])
+        self.sources, self.val_sources, self.test_sources = (
+            list(sources),
+            list(val_sources or []),
+            list(test_sources or []),
+        )
         self.batch_size, self.eval_batch_size, self.batches_per_epoch = batch_size, eval_batch_size, batches_per_epoch
         self.max_prompt_tokens, self.prompt_overflow = max_prompt_tokens, prompt_overflow
         self.on_bad_row, self.seed = on_bad_row, seed
@@ -130,7 +134,8 @@ class URPODataModule(L.LightningDataModule):
         if rescaled is not None:
             warnings.warn(
                 f"data.mixture {self.mixture} sums to {sum(v for v in self.mixture.values() if v > 0):g}, not 1: "
-                f"batches get the shares {rescaled} ({self.quotas} rows of batch_size {batch_size})", stacklevel=2
+                f"batches get the shares {rescaled} ({self.quotas} rows of batch_size {batch_size})",
+                stacklevel=2,
             )
         self.mixer: Mixer | None = None
         self.skips = SkipReport()
@@ -196,7 +201,9 @@ class URPODataModule(L.LightningDataModule):
         """One cursor per kind the source holds (a ``generic`` source may hold all three)."""
         if spec.streaming:
             if spec.kind is None:
-                raise ConfigError(f"data: {spec.name}: a 'generic' source cannot stream; its kinds must be known up front")
+                raise ConfigError(
+                    f"data: {spec.name}: a 'generic' source cannot stream; its kinds must be known up front"
+                )
             return [(spec.kind, StreamCursor(lambda start: self._stream(spec, rank, world, start)))]
         rows, report = load_source(spec, self.on_bad_row, rank, world)
         self.skips.merge(report)

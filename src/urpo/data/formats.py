@@ -50,8 +50,15 @@ from urpo.data.fields import (
 from urpo.data.schema import OpenRow, PreferenceRow, Row, RowKind, VerifiableRow
 
 AdapterName = Literal[
-    "gsm8k", "math", "hh_rlhf", "ultrafeedback", "alpaca_eval_annotations", "instructions", "messages",
-    "rewardbench", "generic",
+    "gsm8k",
+    "math",
+    "hh_rlhf",
+    "ultrafeedback",
+    "alpaca_eval_annotations",
+    "instructions",
+    "messages",
+    "rewardbench",
+    "generic",
 ]
 
 
@@ -118,7 +125,7 @@ def _hh_split(dialogue: str, where: Where, field: str) -> tuple[str, str]:
     cut = dialogue.rfind("\n\nAssistant:")
     if cut < 0:
         raise where.fail(field, "no '\\n\\nAssistant:' turn in the dialogue")
-    return dialogue[:cut], dialogue[cut + len("\n\nAssistant:"):].strip()
+    return dialogue[:cut], dialogue[cut + len("\n\nAssistant:") :].strip()
 
 
 def _hh_context(context: str, where: Where) -> str:
@@ -172,9 +179,7 @@ def _ultrafeedback_raw(record: Mapping[str, Any], where: Where) -> PreferenceRow
     for i, completion in enumerate(completions):
         if not isinstance(completion, Mapping):
             raise where.fail(f"completions[{i}]", f"completion must be an object, got {type(completion).__name__}")
-    responses = tuple(
-        field_text(c, "response", where, f"completions[{i}].response") for i, c in enumerate(completions)
-    )
+    responses = tuple(field_text(c, "response", where, f"completions[{i}].response") for i, c in enumerate(completions))
     # One score for all completions of a record: overall_score (1-10) and fine-grained_score (1-5) do not mix.
     keys = [k for k in ("overall_score", "fine-grained_score") if all(c.get(k) is not None for c in completions)]
     key = keys[0] if keys else None
@@ -203,14 +208,19 @@ def _ultrafeedback_binarized(record: Mapping[str, Any], where: Where) -> Prefere
         prompt = render_conversation(chosen[:-1])
     scores = (1.0, 0.0)
     if record.get("score_chosen") is not None and record.get("score_rejected") is not None:
-        scores = (as_number(record["score_chosen"], where, "score_chosen"),
-                  as_number(record["score_rejected"], where, "score_rejected"))
+        scores = (
+            as_number(record["score_chosen"], where, "score_chosen"),
+            as_number(record["score_rejected"], where, "score_rejected"),
+        )
         if scores[0] == scores[1]:
             raise where.fail("score_chosen", "tie: chosen and rejected have the same score, no preference")
         if scores[0] < scores[1]:
             raise where.fail("score_chosen", f"chosen scores lower than rejected: {scores}")
     return PreferenceRow(
-        source=where.source, index=where.index, prompt=prompt, responses=(chosen[-1][1], rejected[-1][1]),
+        source=where.source,
+        index=where.index,
+        prompt=prompt,
+        responses=(chosen[-1][1], rejected[-1][1]),
         scores=scores,
     )
 
@@ -270,6 +280,7 @@ def record_subset(record: Mapping[str, Any]) -> str | None:
 
 # ---------------------------------------------------------------- open
 
+
 def adapt_instructions(record: Mapping[str, Any], *, source: str, index: int) -> OpenRow:
     """Instruction sets (AlpacaEval ``{instruction, dataset}``, Alpaca ``{instruction, input, output}``).
 
@@ -295,7 +306,7 @@ def adapt_messages(record: Mapping[str, Any], *, source: str, index: int) -> Ope
     users = [i for i, (role, _) in enumerate(turns) if role == "user"]
     if not users:
         raise where.fail("messages", "no user turn")
-    tail = turns[users[-1] + 1:]
+    tail = turns[users[-1] + 1 :]
     if len(tail) > 1 or (tail and tail[0][0] != "assistant"):
         raise where.fail("messages", "after the last user turn only one assistant reply may follow")
     reference = tail[0][1] if tail else None
@@ -305,11 +316,14 @@ def adapt_messages(record: Mapping[str, Any], *, source: str, index: int) -> Ope
 
 # ---------------------------------------------------------------- urpo's own schema
 
+
 def _generic_scores(record: Mapping[str, Any], n: int, where: Where) -> tuple[float, ...]:
     if record.get("scores") is not None and record.get("ranking") is not None:
         raise where.fail("ranking", "give either 'scores' or 'ranking', not both")
     if record.get("scores") is not None:
-        return tuple(as_number(s, where, f"scores[{i}]") for i, s in enumerate(as_list(record["scores"], where, "scores")))
+        return tuple(
+            as_number(s, where, f"scores[{i}]") for i, s in enumerate(as_list(record["scores"], where, "scores"))
+        )
     ranking = as_list(need(record, "ranking", where, "scores"), where, "ranking")
     indices = [r for r in ranking if isinstance(r, int) and not isinstance(r, bool)]
     if len(indices) != len(ranking) or sorted(indices) != list(range(n)):
@@ -367,7 +381,20 @@ ADAPTERS: dict[AdapterName, AdapterInfo] = {
 }
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AdapterInfo", "AdapterName", "adapt_alpaca_eval_annotations", "adapt_generic",
-    "adapt_gsm8k", "adapt_hh_rlhf", "adapt_instructions", "adapt_math", "adapt_messages", "adapt_rewardbench",
-    "adapt_ultrafeedback", "last_boxed", "record_subset", "render_conversation",
+    "ADAPTERS",
+    "Adapter",
+    "AdapterInfo",
+    "AdapterName",
+    "adapt_alpaca_eval_annotations",
+    "adapt_generic",
+    "adapt_gsm8k",
+    "adapt_hh_rlhf",
+    "adapt_instructions",
+    "adapt_math",
+    "adapt_messages",
+    "adapt_rewardbench",
+    "adapt_ultrafeedback",
+    "last_boxed",
+    "record_subset",
+    "render_conversation",
 ]

@@ -152,7 +152,9 @@ class Mixer:
             row = self.transform(sources[pick][1].next())
             if row is not None:
                 return row
-        raise ConfigError(f"data: {self.max_draws_per_row} rows of kind {kind!r} in a row were dropped; check max_prompt_tokens")
+        raise ConfigError(
+            f"data: {self.max_draws_per_row} rows of kind {kind!r} in a row were dropped; check max_prompt_tokens"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         cursors = {k: [c.state_dict() for _, c in v] for k, v in self.cursors.items()}

@@ -78,7 +78,9 @@ class PreferenceRow(BaseRow):
             if not isinstance(response, str) or not response.strip():
                 raise self._fail(f"responses[{i}]", "response is empty or not a string")
         if len(self.scores) != len(self.responses):
-            raise self._fail("scores", f"gold ranking has {len(self.scores)} entries for {len(self.responses)} responses")
+            raise self._fail(
+                "scores", f"gold ranking has {len(self.scores)} entries for {len(self.responses)} responses"
+            )
         if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.scores):
             raise self._fail("scores", f"gold scores must be finite numbers, got {self.scores!r}")
         if len(set(self.scores)) == 1:
@@ -88,8 +90,9 @@ class PreferenceRow(BaseRow):
             j = first_of.setdefault(response.strip(), i)
             if j != i and self.scores[i] != self.scores[j]:
                 raise self._fail(
-                    "responses", f"responses {j} and {i} are identical but scored {self.scores[j]} and {self.scores[i]}: "
-                    "no judge can tell them apart"
+                    "responses",
+                    f"responses {j} and {i} are identical but scored {self.scores[j]} and {self.scores[i]}: "
+                    "no judge can tell them apart",
                 )
 
     def gold_order(self) -> list[int]:

@@ -46,7 +46,10 @@ def _generate_batch(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     size = max(s.player_call, s.judge_call)
     while size > 1:
         size //= 2
-        yield f"model.sampling.max_batch_size: {size}", setup.replace(sampling=dataclasses.replace(setup.sampling, max_batch_size=size))
+        yield (
+            f"model.sampling.max_batch_size: {size}",
+            setup.replace(sampling=dataclasses.replace(setup.sampling, max_batch_size=size)),
+        )
 
 
 def _judge_prompt(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
@@ -67,7 +70,10 @@ def _no_reference(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
 
 def _eight_bit(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     if "8bit" not in setup.optimizer.lower() and setup.strategy != "fsdp2":
-        yield "model.optimizer.class_path: bitsandbytes.optim.AdamW8bit", setup.replace(optimizer="bitsandbytes.optim.AdamW8bit")
+        yield (
+            "model.optimizer.class_path: bitsandbytes.optim.AdamW8bit",
+            setup.replace(optimizer="bitsandbytes.optim.AdamW8bit"),
+        )
 
 
 def _more_ranks(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
@@ -113,7 +119,9 @@ def fitting_changes(
     return None
 
 
-def _pruned(setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]) -> Change | None:
+def _pruned(
+    setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]
+) -> Change | None:
     """The greedy combination, then without each knob it used whose absence still fits (fewer changes to make)."""
     best = _combination(setup, knobs, budget, peak_of)
     if best is None:
@@ -126,7 +134,9 @@ def _pruned(setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Ca
     return best
 
 
-def _singles(setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]) -> list[Change]:
+def _singles(
+    setup: RunSetup, knobs: tuple[Knob, ...], budget: float, peak_of: Callable[[RunSetup], float]
+) -> list[Change]:
     """For each knob alone, its mildest value that fits."""
     found = []
     for knob in knobs:

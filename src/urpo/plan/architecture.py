@@ -72,7 +72,9 @@ def load_config(args: ModelArgs) -> tuple[Any, str]:
         except ImportError as err:
             raise ConfigError(f"model: reading {args.name_or_path!r} needs the gguf extra: {err}") from None
         except (OSError, ValueError, KeyError) as err:
-            raise ConfigError(f"model: cannot read the architecture from GGUF file {args.name_or_path!r}: {err}") from None
+            raise ConfigError(
+                f"model: cannot read the architecture from GGUF file {args.name_or_path!r}: {err}"
+            ) from None
         return config, f"GGUF metadata of {args.name_or_path}"
     if source.is_local:
         return _from_folder(source.location, common), f"{source.location}/config.json"
@@ -170,6 +172,5 @@ def _facts(model: torch.nn.Module, config: Any, name: str, where: str) -> ModelF
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or hidden // heads,
         vocab=embedding.shape[0],
-        stored_dtype=str(getattr(config, "dtype", None) or "float32")
-        .removeprefix("torch."),
+        stored_dtype=str(getattr(config, "dtype", None) or "float32").removeprefix("torch."),
     )

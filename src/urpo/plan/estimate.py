@@ -171,14 +171,27 @@ def shapes(setup: RunSetup) -> Shapes:
         return Shapes(prompt, completion, micro, players, min(players, cap), 0, 0, 0, 0)
     # SelfJudge halves the answers shown per prompt until the prompt fits its budget (never below 2).
     per_chunk = min(judge.chunk_size or g, g)
-    while per_chunk > 2 and judge.max_prompt_tokens is not None and prompt + per_chunk * completion > judge.max_prompt_tokens:
+    while (
+        per_chunk > 2
+        and judge.max_prompt_tokens is not None
+        and prompt + per_chunk * completion > judge.max_prompt_tokens
+    ):
         per_chunk = math.ceil(per_chunk / 2)
     chunks = math.ceil(g / per_chunk)
     judge_prompt = prompt + per_chunk * completion
     prompts = setup.batch_size * judge.judgments_per_group * chunks  # worst case: every row of the batch is open
     judge_completion = judge.max_new_tokens or completion
-    return Shapes(prompt, completion, micro, players, min(players, cap), prompts, judge_prompt, judge_completion,
-                  min(prompts, cap))
+    return Shapes(
+        prompt,
+        completion,
+        micro,
+        players,
+        min(players, cap),
+        prompts,
+        judge_prompt,
+        judge_completion,
+        min(prompts, cap),
+    )
 
 
 # ---- the memory plan --------------------------------------------------------------------------------------------
@@ -198,8 +211,14 @@ def memory_plan(setup: RunSetup, facts: ModelFacts, cuda: bool = True) -> Memory
     terms += _engine_terms(setup, facts, notes)
     terms += _update_terms(setup, facts)
     if not cuda:
-        terms.append(Term("CPU kernel workspaces", CPU_WORKSPACE_BYTES, "measured: thread pools and kernel scratch "
-                          "that appear with the first forward and backward (tools/plan_calibration.py)"))
+        terms.append(
+            Term(
+                "CPU kernel workspaces",
+                CPU_WORKSPACE_BYTES,
+                "measured: thread pools and kernel scratch "
+                "that appear with the first forward and backward (tools/plan_calibration.py)",
+            )
+        )
     return MemoryPlan([t for t in terms if t.bytes > 0 or t.name.startswith("reference")], notes)
 
 
@@ -215,28 +234,38 @@ def _state_terms(setup: RunSetup, facts: ModelFacts, notes: list[str], cuda: boo
         constants = 0.127 if setup.quantization.double_quant else 0.5  # bits a weight: QLoRA, arXiv 2305.14314
         quant = facts.layer_linear_params * (bits + (constants if bits == 4 else 0.25)) / 8
         rest = facts.params - facts.layer_linear_params
-        terms.append(Term(
-            "weights (frozen base)", (quant + rest * 4) / shards,
-            f"{_n(facts.layer_linear_params)} linear weights in {bits} bits + {_n(rest)} others in fp32 "
-            "(prepare_model_for_kbit_training upcasts them)",
-        ))
+        terms.append(
+            Term(
+                "weights (frozen base)",
+                (quant + rest * 4) / shards,
+                f"{_n(facts.layer_linear_params)} linear weights in {bits} bits + {_n(rest)} others in fp32 "
+                "(prepare_model_for_kbit_training upcasts them)",
+            )
+        )
     else:
         terms.append(Term("weights (frozen base)", facts.params * wb / shards, f"{_n(facts.params)} x {wb} B{per}"))
     if setup.lora is not None:
         terms.append(Term("LoRA adapters", train_n * tb / shards, f"r={setup.lora.r}: {_n(train_n)} x {tb} B{per}"))
     grad_copies = 2 if setup.strategy == "ddp" else 1
-    terms.append(Term(
-        "gradients", grad_copies * train_n * tb / shards,
-        f"{_n(train_n)} x {tb} B{per}" + (" x 2 (DDP's bucket copy)" if grad_copies == 2 else ""),
-        frozenset({"update", "update: optimizer step"}),
-    ))
+    terms.append(
+        Term(
+            "gradients",
+            grad_copies * train_n * tb / shards,
+            f"{_n(train_n)} x {tb} B{per}" + (" x 2 (DDP's bucket copy)" if grad_copies == 2 else ""),
+            frozenset({"update", "update: optimizer step"}),
+        )
+    )
     state, why = optimizer_state_bytes(setup, tb)
     terms.append(Term("optimizer states", train_n * state / shards, f"{why}: {_n(train_n)} x {state:g} B{per}"))
     step_temp = train_n * tb / shards if cuda and "8bit" not in setup.optimizer.lower() else 0.0
-    terms.append(Term(
-        "optimizer step temporaries", step_temp, "foreach kernels: one state-sized buffer (CUDA)",
-        frozenset({"update: optimizer step"}),
-    ))
+    terms.append(
+        Term(
+            "optimizer step temporaries",
+            step_temp,
+            "foreach kernels: one state-sized buffer (CUDA)",
+            frozenset({"update: optimizer step"}),
+        )
+    )
     terms.append(_reference(setup, facts))
     return terms
 
@@ -248,8 +277,11 @@ def _reference(setup: RunSetup, facts: ModelFacts) -> Term:
         return Term("reference policy", 0.0, "LoRA: the base with adapters off, no copy")
     if setup.fsdp is not None and setup.fsdp.param_dtype is not None:
         b = dtype_bytes(setup.fsdp.param_dtype)
-        return Term("reference policy", facts.params * b / setup.shards,
-                    f"frozen copy in {setup.fsdp.param_dtype}: {_n(facts.params)} x {b} B / {setup.shards} ranks")
+        return Term(
+            "reference policy",
+            facts.params * b / setup.shards,
+            f"frozen copy in {setup.fsdp.param_dtype}: {_n(facts.params)} x {b} B / {setup.shards} ranks",
+        )
     wb = weight_bytes(setup, facts)
     return Term("reference policy", facts.params * wb, f"frozen copy: {_n(facts.params)} x {wb} B")
 
@@ -271,24 +303,29 @@ def _engine_terms(setup: RunSetup, facts: ModelFacts, notes: list[str]) -> list[
             kv = float(setup.vllm.kv_cache_memory_bytes)
             terms.append(Term("vLLM KV cache", kv, f"vllm.kv_cache_memory_bytes ({kv / kv_token:,.0f} tokens)"))
         else:
-            notes.append(f"vLLM takes gpu_memory_utilization = {setup.vllm.gpu_memory_utilization} of the device "
-                         "for its weights and KV cache (shown against the device's memory)")
+            notes.append(
+                f"vLLM takes gpu_memory_utilization = {setup.vllm.gpu_memory_utilization} of the device "
+                "for its weights and KV cache (shown against the device's memory)"
+            )
         return terms
     terms.append(_generation("player", s.player_call, s.prompt, s.completion, kv_token, gen_b, facts, player))
     if s.judge_prompts:
-        terms.append(_generation("referee", s.judge_call, s.judge_prompt, s.judge_completion, kv_token, gen_b, facts,
-                                 referee))
+        terms.append(
+            _generation("referee", s.judge_call, s.judge_prompt, s.judge_completion, kv_token, gen_b, facts, referee)
+        )
     return terms
 
 
-def _generation(who: str, call: int, prompt: int, new: int, kv_token: int, b: int, facts: ModelFacts,
-                phases: frozenset[str]) -> Term:
+def _generation(
+    who: str, call: int, prompt: int, new: int, kv_token: int, b: int, facts: ModelFacts, phases: frozenset[str]
+) -> Term:
     kv = call * (prompt + new) * kv_token
     # Prefill of one layer at a time: q, k, v and attention output (~4 h) and the MLP's gate, up and product (3 i).
     prefill = call * prompt * (4 * facts.hidden + 3 * facts.intermediate) * b
     logits = call * facts.vocab * (b + 2 * 4)  # last position only, then fp32 scores and probabilities
     return Term(
-        f"generation: {who}", kv + prefill + logits,
+        f"generation: {who}",
+        kv + prefill + logits,
         f"KV cache {call} seq x {prompt + new} tok x {kv_token / 1e3:.1f} KB = {kv / GB:.2f} GB "
         f"+ prefill {call} x {prompt} tok = {prefill / GB:.2f} GB",
         phases,
@@ -321,26 +358,44 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
         grad_b = (b + rb) if setup.lora is None else 0
         layers = 2 if setup.fsdp.reshard_after_forward else facts.num_layers
         gathered = facts.root_params * (b + grad_b) + layers * facts.layer_params * b + 2 * facts.layer_params * grad_b
-        terms.append(Term("FSDP2 gathered units", gathered,
-                          f"root unit + {layers} layers in {b} B" + (f", their gradients in {b}+{rb} B" if grad_b else ""),
-                          update))
+        terms.append(
+            Term(
+                "FSDP2 gathered units",
+                gathered,
+                f"root unit + {layers} layers in {b} B" + (f", their gradients in {b}+{rb} B" if grad_b else ""),
+                update,
+            )
+        )
     elif setup.precision.endswith("-mixed") and setup.lora is None:
-        copies = (facts.layer_linear_params + facts.head_params + (facts.embedding_params if facts.head_params == 0 else 0))
-        terms.append(Term("autocast weight copies", copies * 2, f"16-bit copies of {_n(copies)} matmul weights", update))
+        copies = (
+            facts.layer_linear_params + facts.head_params + (facts.embedding_params if facts.head_params == 0 else 0)
+        )
+        terms.append(
+            Term("autocast weight copies", copies * 2, f"16-bit copies of {_n(copies)} matmul weights", update)
+        )
     used = activation_bytes(setup, facts, setup.checkpointing)
     other = activation_bytes(setup, facts, not setup.checkpointing)
-    terms.append(Term(
-        "activations, one micro-batch", used,
-        f"{s.micro_sequences} seq x {s.sequence} tok, {'with' if setup.checkpointing else 'without'} gradient "
-        f"checkpointing ({'without' if setup.checkpointing else 'with'}: {other / GB:.2f} GB)",
-        update,
-    ))
+    terms.append(
+        Term(
+            "activations, one micro-batch",
+            used,
+            f"{s.micro_sequences} seq x {s.sequence} tok, {'with' if setup.checkpointing else 'without'} gradient "
+            f"checkpointing ({'without' if setup.checkpointing else 'with'}: {other / GB:.2f} GB)",
+            update,
+        )
+    )
     completion = s.micro_sequences * s.completion
     logits = LOGIT_COPIES * completion * facts.vocab * 4
     if b != 4:
         logits += s.micro_sequences * (s.completion + 1) * facts.vocab * b
-    terms.append(Term("logits, one micro-batch", logits,
-                      f"{completion} completion tok x {facts.vocab} x 4 B x {LOGIT_COPIES} copies", update))
+    terms.append(
+        Term(
+            "logits, one micro-batch",
+            logits,
+            f"{completion} completion tok x {facts.vocab} x 4 B x {LOGIT_COPIES} copies",
+            update,
+        )
+    )
     return terms
 
 

@@ -93,11 +93,14 @@ class PeakMemory(L.Callback):
             baseline = host_rss()
         self.figures = {"device": "cuda" if cuda else "cpu", "baseline_bytes": baseline}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step_start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.figures.get("device") == "cuda":
             torch.cuda.synchronize()
         self._step_seconds.append(time.perf_counter() - self._step_start)
@@ -118,8 +121,10 @@ class PeakMemory(L.Callback):
         figures["completion_tokens"] = self._tokens
         if trainer.global_rank != 0:
             return
-        print(f"urpo memory: peak {figures['peak_above_baseline_bytes'] / 1e9:.3f} GB above the baseline before the "
-              f"model loaded ({figures['device']}); steps {', '.join(f'{s:.1f}' for s in self._step_seconds)} s")
+        print(
+            f"urpo memory: peak {figures['peak_above_baseline_bytes'] / 1e9:.3f} GB above the baseline before the "
+            f"model loaded ({figures['device']}); steps {', '.join(f'{s:.1f}' for s in self._step_seconds)} s"
+        )
         if self.path is not None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             Path(self.path).write_text(json.dumps(figures, indent=2))

@@ -85,8 +85,11 @@ def _gb(value: float) -> str:
 
 def describe_run(setup: RunSetup, facts: ModelFacts) -> list[str]:
     s = shapes(setup)
-    strategy = {"fsdp2": f"FSDP2 over {setup.world_size} ranks", "ddp": f"DDP over {setup.world_size} ranks",
-                "single": "one device"}[setup.strategy]
+    strategy = {
+        "fsdp2": f"FSDP2 over {setup.world_size} ranks",
+        "ddp": f"DDP over {setup.world_size} ranks",
+        "single": "one device",
+    }[setup.strategy]
     how = "full fine-tuning" if setup.lora is None else f"LoRA r={setup.lora.r}"
     if setup.quantization is not None:
         how += f" on a {setup.quantization.bits}-bit base"
@@ -102,8 +105,10 @@ def describe_run(setup: RunSetup, facts: ModelFacts) -> list[str]:
         f"(budget {setup.grpo.max_tokens_per_micro_batch})",
     ]
     if s.judge_prompts:
-        lines.append(f"judge:  up to {s.judge_prompts} judging prompts a rank of <= {s.judge_prompt} + "
-                     f"{s.judge_completion} tokens, {s.judge_call} at a time")
+        lines.append(
+            f"judge:  up to {s.judge_prompts} judging prompts a rank of <= {s.judge_prompt} + "
+            f"{s.judge_completion} tokens, {s.judge_call} at a time"
+        )
     return lines
 
 
@@ -120,15 +125,17 @@ def table(plan: MemoryPlan) -> list[str]:
     return lines
 
 
-def render(setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | None, bandwidth: float | None,
-           config_name: str) -> tuple[list[str], bool]:
+def render(
+    setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | None, bandwidth: float | None, config_name: str
+) -> tuple[list[str], bool]:
     """The whole report and whether the run fits."""
     plan = memory_plan(setup, facts, cuda=device.kind == "gpu")
     reserve, why = runtime_reserve(device, plan.peak, setup.world_size)
     need = plan.peak + reserve
     lines = [f"urpo plan: {config_name}", *describe_run(setup, facts), "", *table(plan), ""]
-    lines.append(f"peak:   {_gb(plan.peak)} ({plan.peak_phase}) + {_gb(reserve)} runtime reserve ({why}) = "
-                 f"{_gb(need)} per rank")
+    lines.append(
+        f"peak:   {_gb(plan.peak)} ({plan.peak_phase}) + {_gb(reserve)} runtime reserve ({why}) = {_gb(need)} per rank"
+    )
     fits = True
     where = "GPU" if device.kind == "gpu" else "host"
     if device.memory is None:
@@ -136,8 +143,10 @@ def render(setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | N
     else:
         fits = need <= device.memory
         verdict = "FITS" if fits else "DOES NOT FIT"
-        lines.append(f"verdict: {verdict}: {_gb(need)} of {_gb(device.memory)} {where} memory "
-                     f"({100 * need / device.memory:.0f}%; {device.source})")
+        lines.append(
+            f"verdict: {verdict}: {_gb(need)} of {_gb(device.memory)} {where} memory "
+            f"({100 * need / device.memory:.0f}%; {device.source})"
+        )
         if not fits:
             lines += _advice(setup, facts, device)
     lines += _time(setup, facts, device, tflops, bandwidth)
@@ -154,23 +163,31 @@ def _advice(setup: RunSetup, facts: ModelFacts, device: Device) -> list[str]:
             f"smallest micro-batch, generation batch and judge prompts, checkpointing, no reference and LoRA a rank "
             f"still needs {_gb(floor)} before runtime reserve. Use a device with more memory or a smaller model."
         ]
-    lines = ["to fit, change one of:" if len(changes) > 1 or len(changes[0].settings) == 1 else "to fit, change all of:"]
+    lines = [
+        "to fit, change one of:" if len(changes) > 1 or len(changes[0].settings) == 1 else "to fit, change all of:"
+    ]
     for change in changes:
         lines.append(f"  - {' + '.join(change.settings)}  -> {_gb(change.peak)}")
     return lines
 
 
-def _time(setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | None, bandwidth: float | None) -> list[str]:
+def _time(
+    setup: RunSetup, facts: ModelFacts, device: Device, tflops: float | None, bandwidth: float | None
+) -> list[str]:
     stated = tflops is not None
     rate = tflops if stated else DEFAULT_TFLOPS[device.kind]
     t = step_time(setup, facts, rate, bandwidth)
-    line = (f"time:   ~{t.seconds_train + t.seconds_generate:.1f} s a step at {rate:g} TFLOP/s "
-            f"({'--device_tflops' if stated else 'assumed; set --device_tflops'}): update {t.train_flops / 1e15:.2f} "
-            f"PFLOP ({t.seconds_train:.1f} s), generation {t.generate_flops / 1e15:.2f} PFLOP ({t.seconds_generate:.1f} s)")
+    line = (
+        f"time:   ~{t.seconds_train + t.seconds_generate:.1f} s a step at {rate:g} TFLOP/s "
+        f"({'--device_tflops' if stated else 'assumed; set --device_tflops'}): update {t.train_flops / 1e15:.2f} "
+        f"PFLOP ({t.seconds_train:.1f} s), generation {t.generate_flops / 1e15:.2f} PFLOP ({t.seconds_generate:.1f} s)"
+    )
     lines = [line]
     if t.decode_seconds_floor is not None:
-        lines.append(f"        decoding reads the weights once a token: generation takes at least "
-                     f"{t.decode_seconds_floor:.1f} s at {bandwidth:g} GB/s")
+        lines.append(
+            f"        decoding reads the weights once a token: generation takes at least "
+            f"{t.decode_seconds_floor:.1f} s at {bandwidth:g} GB/s"
+        )
     else:
         bound = "generation is usually bound by memory bandwidth, not FLOPs: --device_bandwidth GB/s adds that bound"
         lines.append(" " * 8 + bound)
@@ -184,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Any other --section.key VALUE overrides the config, as with urpo fit.",
     )
     parser.add_argument("--config", required=True, help="the YAML config given to `urpo fit --config`")
-    parser.add_argument("--device_memory", default=None, help="memory of one device, e.g. 80GB or 24GiB (default: detected)")
+    parser.add_argument(
+        "--device_memory", default=None, help="memory of one device, e.g. 80GB or 24GiB (default: detected)"
+    )
     parser.add_argument("--device_tflops", type=float, default=None, help="sustained TFLOP/s of one device")
     parser.add_argument("--device_bandwidth", type=float, default=None, help="memory bandwidth of one device in GB/s")
     return parser

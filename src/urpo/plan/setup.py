@@ -128,7 +128,9 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
     strategy, fsdp = _strategy(trainer.get("strategy", "auto"), notes)
     devices = _devices(trainer.get("devices", "auto"), trainer.get("accelerator", "auto"), notes)
     optimizer = model.get("optimizer") or {}
-    optimizer_class = optimizer.get("class_path", "torch.optim.AdamW") if isinstance(optimizer, dict) else str(optimizer)
+    optimizer_class = (
+        optimizer.get("class_path", "torch.optim.AdamW") if isinstance(optimizer, dict) else str(optimizer)
+    )
     try:
         setup = RunSetup(
             model=ModelArgs(**model_section),
@@ -182,7 +184,9 @@ def _strategy(spec: Any, notes: list[str]) -> tuple[str, FSDPSettings | None]:
     if text.startswith("fsdp"):
         notes.append(f"strategy {spec!r} is planned as FSDP2 with default settings")
         return "fsdp2", FSDPSettings()
-    if text not in ("auto", "ddp", "single_device", "ddpstrategy", "singledevicestrategy") and not text.startswith("ddp"):
+    if text not in ("auto", "ddp", "single_device", "ddpstrategy", "singledevicestrategy") and not text.startswith(
+        "ddp"
+    ):
         notes.append(f"strategy {spec!r} is planned as DDP (every rank holds the whole model)")
     return "ddp", None
 

@@ -83,7 +83,9 @@ class RewardCallback(ABC):
         self.kinds: tuple[RowKind, ...] = tuple(kinds) if kinds is not None else tuple(self.default_kinds)
         unknown = set(self.kinds) - set(ROW_KINDS)
         if unknown or not self.kinds:
-            raise ConfigError(f"{type(self).__name__}: kinds must be a non-empty subset of {ROW_KINDS}, got {self.kinds}")
+            raise ConfigError(
+                f"{type(self).__name__}: kinds must be a non-empty subset of {ROW_KINDS}, got {self.kinds}"
+            )
         self.name = name or _snake_case(type(self).__name__)
         self.context: RewardContext | None = None
 
@@ -120,7 +122,9 @@ def checked_result(reward: RewardCallback, result: Any, episodes: Sequence[Episo
     if not isinstance(result.rewards, torch.Tensor):
         raise RewardError(f"{label}: RewardResult.rewards must be a torch.Tensor, got {type(result.rewards).__name__}")
     if tuple(result.rewards.shape) != (len(episodes), g):
-        raise RewardError(f"{label}: returned rewards of shape {tuple(result.rewards.shape)}, expected {(len(episodes), g)}")
+        raise RewardError(
+            f"{label}: returned rewards of shape {tuple(result.rewards.shape)}, expected {(len(episodes), g)}"
+        )
     infinite = torch.isinf(result.rewards.float())  # [N, G]
     if infinite.any():
         i, j = (int(x) for x in infinite.nonzero()[0])

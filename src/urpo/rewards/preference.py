@@ -33,7 +33,6 @@ from urpo.referee import (
     top1_correct,
 )
 from urpo.rewards.base import Episode, RewardCallback, RewardResult
-from urpo.timing import timed
 
 AgreementMetric = Literal["top1", "pairwise", "exact", "kendall"]
 SecondOrder = Literal["reversed", "shuffled"]
@@ -135,7 +134,10 @@ class PreferenceReward(RewardCallback):
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
         template = self._template()
         first = [
-            [read_verdict(template, text, order, self._prompt(e, order)) for text, order in zip(e.completions, _orders(e))]
+            [
+                read_verdict(template, text, order, self._prompt(e, order))
+                for text, order in zip(e.completions, _orders(e))
+            ]
             for e in episodes
         ]
         second = self._second_verdicts(episodes) if self.consistency else None
@@ -183,7 +185,9 @@ class PreferenceReward(RewardCallback):
             texts = generate_judgments(self.context.engine, self.context.tokenizer, messages, g, self.context.sampling)
             prompts = [[prompt_text(m)] * g for m in messages]
         else:
-            messages = [template.messages(e.row.prompt, e.row.responses, o) for e, row in zip(episodes, orders) for o in row]
+            messages = [
+                template.messages(e.row.prompt, e.row.responses, o) for e, row in zip(episodes, orders) for o in row
+            ]
             texts = generate_judgments(self.context.engine, self.context.tokenizer, messages, 1, self.context.sampling)
             prompts = [[prompt_text(m) for m in messages[i * g : (i + 1) * g]] for i in range(len(episodes))]
         out = []
@@ -214,7 +218,10 @@ class PreferenceReward(RewardCallback):
         # for one that names a position. Mirrored orders then split its groups evenly (reward 0.5, spread 0.5),
         # but a judge that always names the same position samples nothing else, and its gradient vanishes.
         shown_first = [
-            float(order[0] in v.tiers[0]) for row, e in zip(first, episodes) for v, order in zip(row, _orders(e)) if v.parsed
+            float(order[0] in v.tiers[0])
+            for row, e in zip(first, episodes)
+            for v, order in zip(row, _orders(e))
+            if v.parsed
         ]
         out["first_shown_top"] = _mean(shown_first)
         if second is not None:
@@ -252,6 +259,12 @@ def as_rng_state(state: Any) -> tuple:
 
 
 __all__ = [
-    "AgreementMetric", "METRICS", "PreferenceReward", "SecondJudgments", "SecondOrder", "as_rng_state",
-    "failure_metrics", "same_preferred",
+    "AgreementMetric",
+    "METRICS",
+    "PreferenceReward",
+    "SecondJudgments",
+    "SecondOrder",
+    "as_rng_state",
+    "failure_metrics",
+    "same_preferred",
 ]
