@@ -33,9 +33,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rows_x3": {"referee_rows": 6},
     "rows_x3_lr_2e-4": {"referee_rows": 6, "lr": 2e-4},
     "g8": {"num_generations": 8},
+    "t0.3_lr_2e-4": {"temperature": 0.3, "lr": 2e-4},
+    "t0.5_lr_1e-4": {"temperature": 0.5, "lr": 1e-4},
+    "t0.3_rows_x3_lr_2e-4": {"temperature": 0.3, "referee_rows": 6, "lr": 2e-4},
+    "consistent": {"preference_consistency": True},
+    "consistent_lr_1e-4": {"preference_consistency": True, "lr": 1e-4},
+    "consistent_t0.5_lr_1e-4": {"preference_consistency": True, "temperature": 0.5, "lr": 1e-4},
+    "consistent_rows_x3": {"preference_consistency": True, "referee_rows": 6},
+    "big_batch_lr_1e-4": {"referee_rows": 12, "num_generations": 8, "lr": 1e-4},
+    "big_batch_lr_3e-4": {"referee_rows": 12, "num_generations": 8, "lr": 3e-4},
 }
 """One setting changed at a time from the documented run (2 preference rows per step, G = 4, mirrored orders,
-rollouts at temperature 1.0, AdamW at 5e-5), plus the combination that the single changes point to."""
+rollouts at temperature 1.0, AdamW at 5e-5), then the combinations the single changes point to: colder rollouts with
+larger steps, J1's consistency rule (a verdict is rewarded only when both presentation orders agree on it), and
+12 times the judgments per step (12 rows x G = 8; run with ``--steps 60``)."""
 
 
 def _mean(values: list[float]) -> float | None:

@@ -58,6 +58,9 @@ class RLConfig:
     judge_temperature: float | None = 0.3
     """Sampling temperature of the open-row judgments (None: the policy's, 1.0). At 1.0 the warm start's rewards
     agreed with the truth on 53% of answer pairs, at 0.3 on 60% (one seed, judging by solving)."""
+    preference_consistency: bool = False
+    """``PreferenceReward(consistency=...)``: judge each preference row in both orders and reward only a verdict that
+    both orders agree on (J1's rule); a judge that names one position is then never rewarded (diagnosis only)."""
     referee_rows: int | None = None
     """Preference rows per step of the referee-only run (None: as many as URPO's batch holds; diagnosis only)."""
     eval_every: int = 30
@@ -107,9 +110,10 @@ def rewards_for(run: str, cfg: RLConfig, seed: int, files: dict[str, str], refer
     from urpo.rewards.verifier import MathVerifier
 
     truth = files["truth_open_train"]
+    preference = partial(PreferenceReward, seed=seed, consistency=cfg.preference_consistency)
     table = {
-        "urpo": lambda: [MathVerifier(), PreferenceReward(seed=seed), ProbedSelfJudge(truth, **judge_args(cfg, seed))],
-        "referee": lambda: [PreferenceReward(seed=seed)],
+        "urpo": lambda: [MathVerifier(), preference(), ProbedSelfJudge(truth, **judge_args(cfg, seed))],
+        "referee": lambda: [preference()],
         "separate_referee": lambda: [MathVerifier(), FrozenJudge(referee_dir, truth, **judge_args(cfg, seed))],
         "verifiable_only": lambda: [MathVerifier()],
     }
