@@ -174,37 +174,14 @@ def evaluate_referee(
 def hf_generate(
     model: Any, tokenizer: Any, max_new_tokens: int, temperature: float | None, batch_size: int
 ) -> Generate:
-    """A batched ``model.generate`` judge: greedy when ``temperature`` is None, else sampled at that temperature."""
-    import torch
+    """A batched ``model.generate`` judge (:func:`urpo.rollout.complete`, the engine's own generate call): greedy
+    when ``temperature`` is None, else sampled at that temperature from the whole distribution."""
+    from urpo.rollout import complete
 
-    from urpo.rollout import left_pad
-
-    device = next(model.parameters()).device
-    eos = [i for i in {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} if i is not None]
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {"do_sample": False}
-
-    @torch.no_grad()
     def generate(prompts: list[str]) -> list[str]:
-        texts = []
-        for start in range(0, len(prompts), batch_size):
-            ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
-            input_ids, mask = left_pad(ids, tokenizer.pad_token_id, device)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id,
-                **sampling,
-            )  # [B, P + T]
-            texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-        return texts
+        return complete(model, tokenizer, prompts, max_new_tokens, temperature=temperature, batch_size=batch_size)
 
     return generate
-
-
-def _as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def add_skips(report: dict[str, Any], skips: list[dict[str, Any]]) -> None:

@@ -135,29 +135,79 @@ class HFGenerateEngine:
         return self._max_over_ranks(local_calls)
 
     def _generate_chunk(self, prompt_ids: list[list[int]], sampling: SamplingArgs) -> list[list[int]]:
-        model = self._model()
-        input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, _device_of(model))
-        was_training = model.training
-        # eval() turns off dropout and lets the KV cache work when gradient checkpointing is on.
-        model.eval()
-        try:
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k or 0,
-                max_new_tokens=sampling.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=_eos_ids(self.tokenizer, model),
-                synced_gpus=self.synced_gpus,
-            )  # [B, P + T]
-        finally:
-            model.train(was_training)
-        new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B, T]
-        eos_ids = _eos_ids(self.tokenizer, model)
-        return [_trim_completion(ids, eos_ids) for ids in new_tokens]
+        return generate_ids(
+            self._model(),
+            self.tokenizer,
+            prompt_ids,
+            sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            synced_gpus=self.synced_gpus,
+        )
+
+
+@torch.no_grad()
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float | None = None,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    synced_gpus: bool = False,
+) -> list[list[int]]:
+    """The one ``model.generate`` call every urpo path uses: the rollout engine, ``urpo eval-referee`` and the
+    evidence tools.
+
+    Greedy when ``temperature`` is None (or 0), else sampled at that temperature from the ``top_p`` / ``top_k``
+    (None: unlimited) truncated distribution. Prompts are left-padded into one batch; the model runs in eval mode
+    (its train/eval mode is restored after). Each row is cut after its first EOS, which is kept.
+    """
+    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id, _device_of(model))
+    decoding = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k or 0}
+        if temperature
+        else {"do_sample": False}
+    )
+    eos_ids = _eos_ids(tokenizer, model)
+    was_training = model.training
+    # eval() turns off dropout and lets the KV cache work when gradient checkpointing is on.
+    model.eval()
+    try:
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_ids,
+            synced_gpus=synced_gpus,
+            **decoding,
+        )  # [B, P + T]
+    finally:
+        model.train(was_training)
+    new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B, T]
+    return [_trim_completion(ids, eos_ids) for ids in new_tokens]
+
+
+def complete(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float | None = None,
+    batch_size: int = 256,
+) -> list[str]:
+    """Decoded completions of rendered prompt texts, ``batch_size`` prompts per :func:`generate_ids` call; greedy
+    when ``temperature`` is None. Prompts are tokenized without extra special tokens (the chat template placed them).
+    """
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
+        completions = generate_ids(model, tokenizer, ids, max_new_tokens, temperature=temperature)
+        texts += tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return texts
 
 
 def left_pad(

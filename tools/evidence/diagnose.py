@@ -90,19 +90,20 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     the truth, and its ranking against its own answer (greedy, both presentation orders)."""
     from transformers import AutoModelForCausalLM
 
-    from tools.evidence.evaluate import HeldOut, answer_of, greedy
+    from tools.evidence.evaluate import HeldOut, answer_of
     from tools.evidence.world import REFEREE
     from urpo.models import ModelArgs, load_tokenizer
     from urpo.prompts import render_chat
     from urpo.ranking import pairwise_accuracy
     from urpo.referee import read_verdict
     from urpo.referee_eval import judging_prompts
+    from urpo.rollout import complete
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = load_tokenizer(ModelArgs(name_or_path=model_dir))
     rows = HeldOut.load(files).preference
     prompts = judging_prompts(rows, REFEREE, lambda m: render_chat(tokenizer, m))
-    texts = greedy(model, tokenizer, prompts, max_new_tokens=32)
+    texts = complete(model, tokenizer, prompts, max_new_tokens=32)
     own_right = right = right_own_right = first_named_a = 0
     for i, text in enumerate(texts):
         row, order = rows[i // 2], ([0, 1] if i % 2 == 0 else [1, 0])

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from tools.evidence.world import PLAYER, REFEREE, read_jsonl
 from urpo.boxed import last_boxed
@@ -22,7 +21,7 @@ from urpo.data.formats import adapt_generic
 from urpo.data.schema import OpenRow, PreferenceRow
 from urpo.prompts import render_chat
 from urpo.referee_eval import evaluate_referee
-from urpo.rollout import left_pad
+from urpo.rollout import complete
 
 
 @dataclass
@@ -42,30 +41,6 @@ class HeldOut:
         return cls(read_jsonl(files["eval_open"])[:limit], read_jsonl(files["eval_verifiable"])[:limit], prefs[:limit])
 
 
-@torch.no_grad()
-def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 256) -> list[str]:
-    """Greedy completions of rendered prompts, in batches; the model's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
-    texts: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
-            input_ids, mask = left_pad(ids, tokenizer.pad_token_id, next(model.parameters()).device)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )  # [B, P + T]
-            texts += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-    finally:
-        model.train(was_training)
-    return texts
-
-
 def answer_of(text: str) -> int | None:
     """The integer in the last ``\\boxed{}``, or None."""
     try:
@@ -80,7 +55,7 @@ def solve_accuracy(model, tokenizer, records: Sequence[dict]) -> float:
     prompts = [
         render_chat(tokenizer, PLAYER.messages(OpenRow(source="eval", index=0, prompt=r["prompt"]))) for r in records
     ]
-    answers = [answer_of(t) for t in greedy(model, tokenizer, prompts, max_new_tokens=10)]
+    answers = [answer_of(t) for t in complete(model, tokenizer, prompts, max_new_tokens=10)]
     return sum(a == r["truth"] for a, r in zip(answers, records)) / max(len(records), 1)
 
 
@@ -89,7 +64,7 @@ def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow]) -> float:
     report = evaluate_referee(
         rows,
         ["all"] * len(rows),
-        lambda prompts: greedy(model, tokenizer, prompts, max_new_tokens=32),
+        lambda prompts: complete(model, tokenizer, prompts, max_new_tokens=32),
         REFEREE,
         lambda messages: render_chat(tokenizer, messages),
     )
