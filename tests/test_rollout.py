@@ -8,7 +8,15 @@ import torch
 from urpo.errors import ConfigError
 from urpo.models import ModelArgs, load_model, load_tokenizer
 from urpo.prompts import render_chat
-from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs, _trim_completion, left_pad
+from urpo.rollout import (
+    HFGenerateEngine,
+    RolloutEngine,
+    SamplingArgs,
+    _trim_completion,
+    complete,
+    generate_ids,
+    left_pad,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +57,22 @@ def test_a_rank_with_fewer_chunks_runs_padding_calls(engine, synced, expected):
     ranked._generate_chunk = lambda chunk, sampling: calls.append(len(chunk)) or [[1]] * len(chunk)
     ranked.generate(prompts(ranked, 2), 2, SamplingArgs(max_new_tokens=2, max_batch_size=2))
     assert calls == expected
+
+
+def test_greedy_generation_is_one_call_that_stops_at_any_eos_and_restores_the_mode(engine, tiny_model_dir):
+    """``complete`` (eval-referee, the evidence tools) decodes what ``generate_ids`` (the engine's call) returns."""
+    model, tokenizer = load_model(ModelArgs(name_or_path=tiny_model_dir)), engine.tokenizer
+    texts = prompts(engine, 5)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    model.train()
+    greedy = generate_ids(model, tokenizer, ids, max_new_tokens=6)
+    assert model.training  # generation ran in eval mode and gave the mode back
+    assert greedy == generate_ids(model, tokenizer, ids, max_new_tokens=6)  # greedy: no randomness
+    assert complete(model, tokenizer, texts, 6) == tokenizer.batch_decode(greedy, skip_special_tokens=True)
+    # A generation-config EOS ends a completion too: make each row's first greedy token one.
+    model.generation_config.eos_token_id = sorted({row[0] for row in greedy})
+    stopped = generate_ids(model, tokenizer, ids, max_new_tokens=6)
+    assert stopped == [row[:1] for row in greedy]
 
 
 def test_trim_keeps_the_first_eos_and_drops_the_rest():
