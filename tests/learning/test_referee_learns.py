@@ -12,6 +12,9 @@ With model seeds 1 and 2 the warm start keeps writing repeated labels (``A > A``
 verdicts; GRPO from such a start led, in earlier variants, to a judge that always names one position (reward exactly
 0.5, spread 0.5, no learning; docs/referee.md). So the warm start is gated: the first of a few model seeds whose
 verdicts parse is kept, and a world where none does fails loudly rather than testing GRPO on a broken format.
+
+Across world seeds (6 Dec, under load): seeds 0, 1 and 2 all went 0.50 -> 1.00. Seed 1's warm start needs its
+later tries (about 7 minutes under load), so CI runs seeds 0 and 2 (about a minute and a half each under load).
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def run_referee_world(folder, seed: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("seed", [0, 2])
 def test_preference_rows_alone_teach_the_referee_to_judge_held_out_problems(tmp_path, seed):
     result = run_referee_world(tmp_path, seed)
     print(seed, result["before"], result["after"])
