@@ -56,6 +56,8 @@ class URPOCLI(LightningCLI):
         env = {name: {"default_env": True} for name in self.subcommands()}
         kwargs.setdefault("parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog,
                                             "default_env": True, **env})  # fmt: skip
+        if isinstance(kwargs.get("args"), list):
+            check_config_files(kwargs["args"])  # malformed YAML or a renamed key: one line, before any parsing
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -147,7 +149,6 @@ def main(args: list[str] | None = None) -> None:
         getattr(importlib.import_module(module_name), function)(argv[1:])
         return
     argv = with_env_options(argv)  # PL_FIT__TRAINER__NUM_NODES=2 etc. override the YAML (urpo.launch_env)
-    check_config_files(argv)  # malformed YAML: one line naming the file and line, before any parsing
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
     _quiet_known_warnings()
     URPOCLI(URPOModule, URPODataModule, seed_everything_default=0, save_config_kwargs={"overwrite": True}, args=argv)

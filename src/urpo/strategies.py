@@ -33,8 +33,9 @@ from urpo.errors import ConfigError
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
+    from urpo.args import SamplingArgs
     from urpo.module import URPOModule
-    from urpo.rollout import RolloutBatch, RolloutEngine, SamplingArgs
+    from urpo.rollout import RolloutBatch, RolloutEngine
 
 FloatDType = Literal["float32", "bfloat16", "float16"]
 

@@ -21,7 +21,7 @@ from urpo.objective import masked_mean
 from urpo.sequences import split_micro_batches
 
 if TYPE_CHECKING:
-    from urpo.config import RolloutCorrectionArgs
+    from urpo.args import RolloutCorrectionArgs
     from urpo.rewards.base import Episode
     from urpo.sequences import TrainSequence
     from urpo.update import UpdatePlan
