@@ -17,7 +17,7 @@ TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 
 def fit_args(model_dir: str, out: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", TINY, "--model.model.name_or_path", model_dir,
+        "fit", "--config", TINY, "--model.policy.name_or_path", model_dir,
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out),
         "--trainer.callbacks.init_args.dirpath", str(out / "checkpoints"),
         "--data.sources", f'[{{"adapter": "gsm8k", "path": "{ROOT}/src/urpo/data/samples/gsm8k_train.jsonl"}}]',
@@ -95,7 +95,7 @@ def test_malformed_yaml_names_the_file(tmp_path):
 
 def test_missing_model_path_fails_fast(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "urpo.cli", "fit", "--config", TINY, "--model.model.name_or_path", str(tmp_path / "missing")],
+        [sys.executable, "-m", "urpo.cli", "fit", "--config", TINY, "--model.policy.name_or_path", str(tmp_path / "missing")],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert out.returncode != 0
@@ -138,7 +138,7 @@ def test_urpo_data_prints_the_mixture_and_rendered_prompts(tiny_model_dir, capsy
         f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}},'
         f' {{"adapter": "hh_rlhf", "path": "{samples}/hh_rlhf_harmless_base_test.jsonl"}}]'
     )
-    main(["data", "--config", TINY, "--model.model.name_or_path", tiny_model_dir, "--data.sources", sources,
+    main(["data", "--config", TINY, "--model.policy.name_or_path", tiny_model_dir, "--data.sources", sources,
           "--data.max_prompt_tokens", "1500", "--batches", "2"])
     out = capsys.readouterr().out
     assert "rows per batch: {'verifiable': 2, 'preference': 2}" in out
@@ -149,7 +149,7 @@ def test_urpo_data_prints_the_mixture_and_rendered_prompts(tiny_model_dir, capsy
 
 def test_validate_reports_rewards_per_kind(tiny_model_dir, tmp_path):
     samples = ROOT / "src" / "urpo" / "data" / "samples"
-    main(["validate", "--config", TINY, "--model.model.name_or_path", tiny_model_dir,
+    main(["validate", "--config", TINY, "--model.policy.name_or_path", tiny_model_dir,
           "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--data.sources", f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl"}}]',
           "--data.val_sources", f'[{{"adapter": "gsm8k", "path": "{samples}/gsm8k_train.jsonl", "limit": 4}}]'])

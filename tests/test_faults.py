@@ -87,7 +87,7 @@ def test_validate_without_a_validation_source_is_an_error(tiny_model_dir, tmp_pa
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, line = urpo_fails(
-            capsys, "validate", "--config", TINY, "--model.model.name_or_path", tiny_model_dir,
+            capsys, "validate", "--config", TINY, "--model.policy.name_or_path", tiny_model_dir,
             "--trainer.logger.init_args.save_dir", str(tmp_path),
         )  # fmt: skip
     assert code == EXIT_BAD_INPUT and "data.val_sources is empty" in line
@@ -123,7 +123,7 @@ def test_a_data_kind_without_reward_fails_before_the_model_loads(tiny_model_dir,
     assert code == EXIT_BAD_INPUT
     assert "['preference'] rows but no reward callback serves them" in line and "math_verifier" in line
     # `urpo data` shows the same problem in its report.
-    console_main(["data", "--config", TINY, "--model.model.name_or_path", tiny_model_dir, "--data.sources", sources,
+    console_main(["data", "--config", TINY, "--model.policy.name_or_path", tiny_model_dir, "--data.sources", sources,
                   "--batches", "1"])  # fmt: skip
     assert "rewards: PROBLEM: the data holds ['preference'] rows but no reward" in capsys.readouterr().out
 

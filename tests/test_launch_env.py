@@ -38,7 +38,7 @@ def test_urpo_fit_takes_keys_from_the_environment_over_the_yaml(tiny_model_dir):
            "PL_FIT__TRAINER__NUM_NODES": "3", "PL_FIT__MODEL__GRPO__BETA": "0.25",
            "PL_FIT__TRAINER__DEFAULT_ROOT_DIR": "/shared/runs"}  # fmt: skip
     cmd = [sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "tests/configs/tiny.yaml"),
-           "--model.model.name_or_path", tiny_model_dir, "--trainer.num_nodes", "5", "--print_config"]  # fmt: skip
+           "--model.policy.name_or_path", tiny_model_dir, "--trainer.num_nodes", "5", "--print_config"]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     printed = out.stdout

@@ -164,7 +164,7 @@ def test_curves_can_be_turned_off_in_the_config(tiny_model_dir, tmp_path, capsys
 
 def test_a_picture_name_it_cannot_draw_fails_at_config_time(tiny_model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "urpo.cli", "fit", "--config", str(ROOT / "tests/configs/tiny.yaml"),
-                          "--model.model.name_or_path", tiny_model_dir, "--curves.filename", "curves.txt"],
+                          "--model.policy.name_or_path", tiny_model_dir, "--curves.filename", "curves.txt"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
     assert out.returncode != 0
     assert "curves.filename must end with .png, .svg, .pdf, got 'curves.txt'" in out.stderr
