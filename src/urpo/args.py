@@ -294,7 +294,7 @@ class RolloutCorrectionArgs:
             value = getattr(self, name)
             _check(f"rollout.correction.{name}", value is None or value > 0, "> 0 or None", value)
         if self.cap_max is not None and self.cap_min is not None and self.cap_min > self.cap_max:
-            raise ConfigError(f"rollout.correction.cap_min {self.cap_min} must not exceed cap_max {self.cap_max}")
+            raise ConfigError(f"model.rollout.correction.cap_min {self.cap_min} must not exceed cap_max {self.cap_max}")
 
 
 @dataclass(frozen=True)
