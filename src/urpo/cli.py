@@ -77,8 +77,8 @@ class URPOCLI(LightningCLI):
         except ValueError as error:
             if isinstance(error, URPOError):
                 raise
-            # The argument dataclasses (GRPOArgs, SamplingArgs, ...) check their ranges with ValueError while the
-            # config is turned into objects: that is a bad config, reported as one.
+            # The argument groups (urpo.args) raise ConfigError themselves; a ValueError raised while the config is
+            # turned into objects (a class given by class_path, Lightning's own checks) is a bad config too.
             raise ConfigError(f"config: {error}") from error
 
     def instantiate_trainer(self, **kwargs: Any):
