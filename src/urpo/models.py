@@ -86,7 +86,8 @@ def load_tokenizer(args: ModelArgs) -> PreTrainedTokenizerBase:
     if args.chat_template is not None:
         tokenizer.chat_template = args.chat_template
     if tokenizer.chat_template is None:
-        raise ConfigError(f"model: tokenizer of {args.name_or_path!r} has no chat template; set model.policy.chat_template")
+        message = f"model: tokenizer of {args.name_or_path!r} has no chat template; set model.policy.chat_template"
+        raise ConfigError(message)
     return tokenizer
 
 

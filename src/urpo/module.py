@@ -150,7 +150,7 @@ class URPOModule(L.LightningModule):
             from importlib.util import find_spec
 
             if find_spec("vllm") is None:
-                raise ConfigError("model.rollout.engine: vllm needs the vllm extra: pip install 'urpo[vllm]' (docs/rollout.md)")
+                raise ConfigError("model.rollout.engine vllm needs the vllm extra: pip install 'urpo[vllm]' (docs/rollout.md)")
             from urpo.engines.vllm_engine import VLLMEngine
 
             return VLLMEngine(

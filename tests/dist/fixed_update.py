@@ -91,7 +91,7 @@ def build_strategy(args: argparse.Namespace):
 
 def build_module(args: argparse.Namespace) -> FixedUpdateModule:
     return FixedUpdateModule(
-        policy=PolicyArgs(name_or_path=args.model, lora=LoraArgs(r=4, init_lora_weights="gaussian") if args.lora else None),
+        policy=PolicyArgs(args.model, lora=LoraArgs(r=4, init_lora_weights="gaussian") if args.lora else None),
         rewards=[MathVerifier()],
         grpo=GRPOArgs(num_generations=2, beta=args.beta, max_tokens_per_micro_batch=args.micro_tokens),
         sampling=SamplingArgs(max_new_tokens=8),

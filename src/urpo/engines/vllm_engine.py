@@ -271,8 +271,8 @@ def _check_pushable(model: torch.nn.Module) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "hf_quantizer", None) is not None:
         raise ConfigError(
-            "model.rollout.engine: vllm needs unquantized policy weights to push; a quantized (e.g. 4-bit QLoRA) policy trains "
-            "with engine: hf"
+            "model.rollout.engine: vllm needs unquantized policy weights to push; a quantized (e.g. 4-bit QLoRA) policy "
+            "trains with engine: hf"
         )
 
 

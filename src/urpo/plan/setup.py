@@ -1,7 +1,8 @@
 """What a memory plan needs from a ``urpo fit`` config, read from the same YAML without building anything.
 
 The YAML is the one ``urpo fit --config`` takes; each section is turned into the same typed argument classes the
-module uses (:mod:`urpo.args`), so their defaults and checks apply. Nothing is instantiated that would load a tokenizer, a model or a dataset.
+module uses (:mod:`urpo.args`), so their defaults and checks apply. Nothing is instantiated that would load a
+tokenizer, a model or a dataset.
 """
 
 from __future__ import annotations
