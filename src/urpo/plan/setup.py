@@ -134,7 +134,7 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
         rollout = dict(model.get("rollout") or {})
         rollout = RolloutArgs(engine=rollout.get("engine", "hf"), vllm=VLLMArgs(**(rollout.get("vllm") or {})))
         setup = RunSetup(
-            model=ModelArgs(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(ModelArgs)}),
+            model=_loading_args(policy),
             grpo=GRPOArgs(**(model.get("grpo") or {})),
             sampling=SamplingArgs(**(model.get("sampling") or {})),
             lora=policy.lora,
@@ -170,6 +170,11 @@ def _policy(section: dict[str, Any]) -> PolicyArgs:
         lora=LoraArgs(**lora) if lora is not None else None,
         quantization=QuantizationArgs(**quantization) if quantization is not None else None,
     )
+
+
+def _loading_args(policy: PolicyArgs) -> ModelArgs:
+    """The :class:`ModelArgs` part of the policy (where and how it loads); what trains is kept in RunSetup's fields."""
+    return ModelArgs(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(ModelArgs)})
 
 
 def _judge(rewards: list[Any]) -> JudgeSetup | None:
