@@ -28,11 +28,10 @@ from torch.utils.data import DataLoader
 
 from tests.helpers import build_tiny_model
 from tests.learning import worlds
-from urpo.config import GRPOArgs, LoggingArgs
-from urpo.models import ModelArgs, load_model, load_tokenizer
+from urpo.args import GRPOArgs, LoggingArgs, ModelArgs, PolicyArgs, SamplingArgs
+from urpo.models import load_model, load_tokenizer
 from urpo.module import URPOModule
 from urpo.rewards import PreferenceReward
-from urpo.rollout import SamplingArgs
 
 STEPS, ROWS_PER_STEP, G, LR = 30, 16, 8, 1e-3
 TRACKED = (
@@ -89,16 +88,15 @@ def run_referee_world(folder, seed: int) -> dict:
     model_dir = warm_started_referee(folder, seed)
     _, train, held = worlds.split_pairs(seed)
     held_rows, train_rows = worlds.referee_rows(held, "held", seed + 1), worlds.referee_rows(train, "train", seed + 2)
-    L.seed_everything(seed)
+    L.seed_everything(seed)  # also seeds the referee's presentation orders (urpo.args.run_seed)
     module = URPOModule(
-        model=ModelArgs(name_or_path=model_dir),
+        policy=PolicyArgs(name_or_path=model_dir),
         rewards=[PreferenceReward(metric="pairwise")],
         grpo=GRPOArgs(num_generations=G),
         sampling=SamplingArgs(max_new_tokens=10),
         referee=worlds.REFEREE,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-        seed=seed,
     )
     module.configure_model()
     before = worlds.judging_accuracy(module.policy, module.tokenizer, held_rows)
