@@ -10,7 +10,7 @@ the baseline taken before the model loads (on CPU, with glibc's mmap threshold f
 the allocator's peak). Models are random Qwen2 networks
 built offline (tests/helpers.py, tools/bench_trl.py); prompts are GSM8K questions truncated to the configured
 length, and completions of a random model nearly always run to ``max_new_tokens``. A benchmark: it prints a table
-and asserts nothing (tests/test_plan.py checks one small case).
+and asserts nothing (tests/plan/test_plan.py checks one small case).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ BASE: dict[str, Any] = {
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (model size, changes to BASE as dotted keys)
     "tiny_full": ("tiny", {}),
-    "tiny_test": ("tiny", {"trainer.max_steps": 1}),  # tests/test_plan.py: one step (the tiny optimizer state is ~1 MB)
+    "tiny_test": ("tiny", {"trainer.max_steps": 1}),  # tests/plan/test_plan.py: one step (the tiny optimizer state is ~1 MB)
     "tiny_lora": ("tiny", {"model.policy.lora": {"r": 8}}),
     "tiny_beta": ("tiny", {"model.grpo.beta": 0.04}),
     "tiny_micro": ("tiny", {"model.grpo.max_tokens_per_micro_batch": 2048}),

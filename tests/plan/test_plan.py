@@ -16,7 +16,7 @@ from urpo.plan.estimate import memory_plan, shapes
 from urpo.plan.report import main, parse_bytes
 from urpo.plan.setup import read_config, run_setup
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QWEN7B, QWEN1_5B = str(ROOT / "configs/qwen7b.yaml"), str(ROOT / "configs/qwen1_5b_1gpu.yaml")
 
 

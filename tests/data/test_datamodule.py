@@ -14,7 +14,7 @@ from urpo.data.mixture import kind_quotas
 from urpo.data.sources import SourceSpec
 from urpo.errors import ConfigError, DataError
 
-SAMPLES = Path(__file__).resolve().parents[1] / "src" / "urpo" / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "src" / "urpo" / "data" / "samples"
 THREE_KINDS = [
     SourceSpec(adapter="gsm8k", path=str(SAMPLES / "gsm8k_train.jsonl")),
     SourceSpec(adapter="hh_rlhf", path=str(SAMPLES / "hh_rlhf_harmless_base_test.jsonl")),
