@@ -25,3 +25,14 @@ def pytest_collection_modifyitems(config, items):
 def tiny_model_dir(tmp_path_factory) -> str:
     """A saved tiny Qwen2 + tokenizer folder, loadable by ``ModelArgs(name_or_path=...)``."""
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny_model")))
+
+
+@pytest.fixture(autouse=True)
+def unseeded_run():
+    """Each test starts with no run seed recorded, so the streams derived from it (``urpo.args.run_seed``) use 0
+    unless the test calls ``seed_everything`` itself, whatever an earlier test seeded."""
+    saved = os.environ.pop("PL_GLOBAL_SEED", None)
+    yield
+    os.environ.pop("PL_GLOBAL_SEED", None)
+    if saved is not None:
+        os.environ["PL_GLOBAL_SEED"] = saved

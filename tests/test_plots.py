@@ -194,7 +194,7 @@ def test_a_picture_name_it_cannot_draw_fails_at_config_time(tiny_model_dir, tmp_
             "fit",
             "--config",
             str(ROOT / "tests/configs/tiny.yaml"),
-            "--model.model.name_or_path",
+            "--model.policy.name_or_path",
             tiny_model_dir,
             "--curves.filename",
             "curves.txt",

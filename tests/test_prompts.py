@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urpo.models import ModelArgs, load_tokenizer
+from urpo.args import ModelArgs
+from urpo.models import load_tokenizer
 from urpo.prompts import render_chat
 from urpo.referee import RefereeTemplate
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.test_module import loader, make_module, rows, trainer
-from urpo.config import LoggingArgs
+from urpo.args import LoggingArgs
 from urpo.data.schema import PreferenceRow
 from urpo.errors import ConfigError
 from urpo.referee_watch import ParseFailureWatch, step_parse_failures

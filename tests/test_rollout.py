@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from urpo.args import ModelArgs, SamplingArgs
 from urpo.errors import ConfigError
-from urpo.models import ModelArgs, load_model, load_tokenizer
+from urpo.models import load_model, load_tokenizer
 from urpo.prompts import render_chat
-from urpo.rollout import (
-    HFGenerateEngine,
-    RolloutEngine,
-    SamplingArgs,
-    _trim_completion,
-    complete,
-    generate_ids,
-    left_pad,
-)
+from urpo.rollout import HFGenerateEngine, RolloutEngine, _trim_completion, complete, generate_ids, left_pad
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,8 @@ def single_run(tiny_model_dir, tmp_path_factory) -> Path:
 def test_decoder_layers_are_found_through_no_split_modules(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from urpo.lora import LoraArgs, apply_lora
+    from urpo.args import LoraArgs
+    from urpo.lora import apply_lora
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert [type(m).__name__ for m in decoder_layers(model)] == ["Qwen2DecoderLayer"] * 2
@@ -108,7 +109,7 @@ def test_preset_is_usable_from_yaml(tiny_model_dir, capsys):
                 "fit",
                 "--config",
                 str(ROOT / "tests/dist/fsdp2_tiny.yaml"),
-                "--model.model.name_or_path",
+                "--model.policy.name_or_path",
                 tiny_model_dir,
                 "--print_config",
             ]
@@ -214,7 +215,7 @@ def test_cli_fsdp2_run_writes_dcp_checkpoints_and_a_loadable_model(tiny_model_di
         "fit",
         "--config",
         str(ROOT / "tests/dist/fsdp2_tiny.yaml"),
-        "--model.model.name_or_path",
+        "--model.policy.name_or_path",
         tiny_model_dir,
         "--trainer.logger.init_args.save_dir",
         str(tmp_path),

@@ -34,12 +34,10 @@ def run_one(spec: dict) -> None:
 
     from tools.bench_trl import answer_reward_callback, bench_rows
     from tools.evidence.judges import FrozenJudge
-    from urpo.config import GRPOArgs, LoggingArgs
-    from urpo.models import ModelArgs
+    from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, SamplingArgs
     from urpo.module import URPOModule
     from urpo.rewards.preference import PreferenceReward
     from urpo.rewards.self_judge import SelfJudge
-    from urpo.rollout import SamplingArgs
 
     class StepTimes(L.Callback):
         def __init__(self) -> None:
@@ -54,7 +52,7 @@ def run_one(spec: dict) -> None:
     judge = SelfJudge() if spec["mode"] == "unified" else FrozenJudge(spec["model"])
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(spec["model"]),
+        PolicyArgs(spec["model"]),
         rewards=[answer_reward_callback(), PreferenceReward(), judge],
         grpo=GRPOArgs(num_generations=spec["g"]),
         sampling=SamplingArgs(max_new_tokens=spec["length"]),

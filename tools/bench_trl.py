@@ -135,11 +135,8 @@ def run_urpo(spec: dict) -> None:
     import lightning as L
     import torch
 
-    from urpo.config import GRPOArgs, LoggingArgs
-    from urpo.engines.vllm_engine import VLLMArgs
-    from urpo.models import ModelArgs
+    from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, RolloutArgs, SamplingArgs, VLLMArgs
     from urpo.module import URPOModule
-    from urpo.rollout import SamplingArgs
 
     class Stepper(L.Callback):
         def on_fit_start(self, trainer, module):
@@ -164,14 +161,16 @@ def run_urpo(spec: dict) -> None:
         rewards += [PreferenceReward(), SelfJudge()]
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(spec["model"]),
+        PolicyArgs(spec["model"]),
         rewards=rewards,
         grpo=GRPOArgs(num_generations=spec["g"]),
         sampling=SamplingArgs(max_new_tokens=spec["length"]),
-        engine=spec["engine"],
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
-        vllm=VLLMArgs(
-            kv_cache_memory_bytes=256 << 20, max_model_len=1024, sampling_kwargs={"min_tokens": spec["length"]}
+        rollout=RolloutArgs(
+            engine=spec["engine"],
+            vllm=VLLMArgs(
+                kv_cache_memory_bytes=256 << 20, max_model_len=1024, sampling_kwargs={"min_tokens": spec["length"]}
+            ),
         ),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
     )

@@ -8,7 +8,7 @@ Stages, each under its own time limit, each recorded whatever happens to the oth
 2. ``hf``: three ``urpo fit`` steps in bf16 with the HF engine on a random model of Qwen2.5-0.5B's architecture
    (built offline from urpo's bundled config.json; a small BPE tokenizer is trained on the fly), all three row kinds
    (verifier, preference, self-judge). Prints tokens/s, step time and peak GPU memory next to ``urpo plan``'s peak.
-3. ``vllm``: the same with ``engine: vllm``, when vllm is installed.
+3. ``vllm``: the same with ``rollout: {engine: vllm}``, when vllm is installed.
 4. ``fsdp2``: the same with ``urpo.strategies.FSDP2Strategy`` over every visible GPU.
 
 Every figure goes to ``OUT_DIR/gpu_check.json``; the last line printed is a one-line summary. Without a CUDA GPU it
@@ -65,7 +65,7 @@ def build_check_model(folder: Path, on_gpu: bool) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from urpo.models import ModelArgs
+    from urpo.args import ModelArgs
     from urpo.plan.architecture import load_config
 
     tokenizer = sample_tokenizer()
@@ -106,7 +106,7 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         ],
     }
     model: dict[str, Any] = {
-        "model": {"name_or_path": model_dir, "dtype": "float32"},
+        "policy": {"name_or_path": model_dir, "dtype": "float32"},
         "rewards": [
             {"class_path": "urpo.rewards.MathVerifier", "init_args": {"format_reward": 0.1}},
             {"class_path": "urpo.rewards.PreferenceReward"},
@@ -118,9 +118,8 @@ def check_config(model_dir: str, out: Path, stage: str, gpus: int) -> dict[str, 
         "logging": {"samples_every_n_steps": 0, "export_dir": None},
     }
     if stage == "vllm":
-        model["engine"] = "vllm"
-        # enforce_eager: no graph capture, the check is short
-        model["vllm"] = {"kv_cache_memory_bytes": 4 << 30, "enforce_eager": True}
+        # no graph capture: the check is short
+        model["rollout"] = {"engine": "vllm", "vllm": {"kv_cache_memory_bytes": 4 << 30, "enforce_eager": True}}
     if stage == "fsdp2":
         trainer["precision"] = "32-true"  # FSDP2's mixed-precision policy computes in bf16
         trainer["strategy"] = {

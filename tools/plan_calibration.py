@@ -10,7 +10,7 @@ the baseline taken before the model loads (on CPU, with glibc's mmap threshold f
 the allocator's peak). Models are random Qwen2 networks
 built offline (tests/helpers.py, tools/bench_trl.py); prompts are GSM8K questions truncated to the configured
 length, and completions of a random model nearly always run to ``max_new_tokens``. A benchmark: it prints a table
-and asserts nothing (tests/test_plan.py checks one small case).
+and asserts nothing (tests/plan/test_plan.py checks one small case).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ BASE: dict[str, Any] = {
     },
     "curves": {"enabled": False},
     "model": {
-        "model": {"name_or_path": "MODEL"},
+        "policy": {"name_or_path": "MODEL"},
         "rewards": [{"class_path": "tools.plan_calibration.LengthReward"}],
         "grpo": {"num_generations": 8, "max_tokens_per_micro_batch": 16384, "skip_zero_advantage": False},
         "sampling": {"max_new_tokens": 128},
@@ -70,8 +70,8 @@ BASE: dict[str, Any] = {
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (model size, changes to BASE as dotted keys)
     "tiny_full": ("tiny", {}),
-    "tiny_test": ("tiny", {"trainer.max_steps": 1}),  # tests/test_plan.py: one step (the tiny optimizer state is ~1 MB)
-    "tiny_lora": ("tiny", {"model.lora": {"r": 8}}),
+    "tiny_test": ("tiny", {"trainer.max_steps": 1}),  # tests/plan/test_plan.py: one step (the tiny optimizer state is ~1 MB)
+    "tiny_lora": ("tiny", {"model.policy.lora": {"r": 8}}),
     "tiny_beta": ("tiny", {"model.grpo.beta": 0.04}),
     "tiny_micro": ("tiny", {"model.grpo.max_tokens_per_micro_batch": 2048}),
     "100m_full": (
@@ -86,7 +86,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "100m_lora_beta": (
         "100m",
         {
-            "model.lora": {"r": 16},
+            "model.policy.lora": {"r": 16},
             "model.grpo.beta": 0.04,
             "model.grpo.num_generations": 4,
             "model.grpo.max_tokens_per_micro_batch": 2048,
@@ -98,7 +98,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "100m",
         {
             "model.grpo.beta": 0.04,
-            "model.gradient_checkpointing": True,
+            "model.policy.gradient_checkpointing": True,
             "model.grpo.num_generations": 4,
             "model.grpo.max_tokens_per_micro_batch": 1024,
             "data.batch_size": 4,
@@ -123,7 +123,7 @@ class LengthReward(RewardCallback):
 def case_config(model_dir: str, changes: dict[str, Any], measure_path: str) -> dict[str, Any]:
     """BASE with the case's changes, its model, and the PeakMemory callback writing to ``measure_path``."""
     config = copy.deepcopy(BASE)
-    config["model"]["model"]["name_or_path"] = model_dir
+    config["model"]["policy"]["name_or_path"] = model_dir
     for dotted, value in changes.items():
         node = config
         *parents, last = dotted.split(".")

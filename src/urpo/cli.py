@@ -57,6 +57,8 @@ class URPOCLI(LightningCLI):
         kwargs.setdefault(
             "parser_kwargs", {"prog": "urpo", "description": DESCRIPTION, "epilog": epilog, "default_env": True, **env}
         )
+        if isinstance(kwargs.get("args"), list):
+            check_config_files(kwargs["args"])  # malformed YAML or a renamed key: one line, before any parsing
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -76,8 +78,8 @@ class URPOCLI(LightningCLI):
         except ValueError as error:
             if isinstance(error, URPOError):
                 raise
-            # urpo's settings groups raise ConfigError themselves; a ValueError from another class the config
-            # builds (a Lightning callback, a strategy) is a bad config too, reported as one.
+            # The argument groups (urpo.args) raise ConfigError themselves; a ValueError raised while the config is
+            # turned into objects (a class given by class_path, Lightning's own checks) is a bad config too.
             raise ConfigError(f"config: {error}") from error
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -148,7 +150,6 @@ def main(args: list[str] | None = None) -> None:
         getattr(importlib.import_module(module_name), function)(argv[1:])
         return
     argv = with_env_options(argv)  # PL_FIT__TRAINER__NUM_NODES=2 etc. override the YAML (urpo.launch_env)
-    check_config_files(argv)  # malformed YAML: one line naming the file and line, before any parsing
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
     _quiet_known_warnings()
     URPOCLI(URPOModule, URPODataModule, seed_everything_default=0, save_config_kwargs={"overwrite": True}, args=argv)

@@ -16,56 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
+from urpo.args import LoraArgs, ModelArgs, QuantizationArgs
 from urpo.errors import ConfigError
-from urpo.models import DType, ModelArgs, resolve_source, torch_dtype
+from urpo.models import resolve_source, torch_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass(frozen=True)
-class LoraArgs:
-    """Low-rank adapters trained instead of the full weights (LoRA, arXiv 2106.09685)."""
-
-    r: int = 16
-    """Rank of each adapter."""
-    alpha: float = 32.0
-    """Scale numerator: the adapter's output is multiplied by alpha / r (alpha / sqrt(r) with use_rslora)."""
-    dropout: float = 0.0
-    """Dropout on the adapter input; 0 keeps the policy's log-probs deterministic between rollout and update."""
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    """Names of the linear layers that get adapters (default: every projection of a Llama/Qwen block)."""
-    use_rslora: bool = False
-    """Scale by alpha / sqrt(r) (rank-stabilized LoRA, arXiv 2312.03732), which keeps high ranks learning."""
-    init_lora_weights: bool | Literal["gaussian", "pissa", "olora"] = True
-    """peft's adapter initialisation; True starts with B = 0, so the first policy equals the base model."""
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r must be >= 1, got {self.r}")
-        if not self.target_modules:
-            raise ConfigError("lora.target_modules must name at least one module")
-
-
-@dataclass(frozen=True)
-class QuantizationArgs:
-    """Load the frozen base quantized by bitsandbytes (QLoRA, arXiv 2305.14314); needs ``lora``."""
-
-    bits: Literal[4, 8] = 4
-    """4-bit (NF4/FP4 blocks) or 8-bit (LLM.int8) base weights."""
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    """4-bit data type; NF4 is QLoRA's normal-float type."""
-    compute_dtype: DType = "bfloat16"
-    """Dtype the 4-bit layers dequantize to for their matmuls."""
-    double_quant: bool = True
-    """Quantize the quantization constants too (QLoRA's double quantization; ~0.4 bit a parameter less)."""
 
 
 def apply_lora(model: PreTrainedModel, args: LoraArgs) -> torch.nn.Module:

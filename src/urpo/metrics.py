@@ -16,8 +16,8 @@ from urpo.objective import zero_variance
 if TYPE_CHECKING:
     import lightning as L
 
+    from urpo.args import SamplingArgs
     from urpo.episode import Episode
-    from urpo.rollout import SamplingArgs
 
 
 def _nan_stats(values: torch.Tensor) -> tuple[float, float]:

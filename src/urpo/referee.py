@@ -36,7 +36,8 @@ from urpo.timing import timed
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from urpo.rollout import RolloutEngine, SamplingArgs
+    from urpo.args import SamplingArgs
+    from urpo.rollout import RolloutEngine
 
 MAX_LABELS = 26
 """Responses are labelled A..Z, so one judgment shows at most 26."""

@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the evaluation from command-line arguments; prints the table and returns the report."""
     import torch
 
-    from urpo.models import ModelArgs, load_model, load_tokenizer
+    from urpo.args import ModelArgs
+    from urpo.models import load_model, load_tokenizer
     from urpo.prompts import render_chat
 
     args = build_parser().parse_args(argv)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import torch
 
-from urpo.errors import ConfigError
+from urpo.args import SamplingArgs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -21,30 +21,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True)
-class SamplingArgs:
-    """How completions are sampled."""
-
-    max_new_tokens: int = 256
-    """Most tokens one completion may have; longer ones are cut and counted as truncated."""
-    temperature: float = 1.0
-    """Softmax temperature; the trainer divides its logits by the same value so log-probs match sampling."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1.0 keeps the whole distribution, as GRPO's importance ratio assumes)."""
-    top_k: int | None = None
-    """Sample among the k most likely tokens only (None: no limit)."""
-    max_batch_size: int | None = None
-    """Most sequences generated at once inside one engine call (None: all at once); bounds activation memory."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

@@ -28,13 +28,14 @@ import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from urpo.args import FloatDType
 from urpo.errors import ConfigError
-from urpo.models import FloatDType
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
-    from urpo.rollout import RolloutBatch, RolloutEngine, SamplingArgs
+    from urpo.args import SamplingArgs
+    from urpo.rollout import RolloutBatch, RolloutEngine
 
 
 @dataclass(frozen=True)

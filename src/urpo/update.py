@@ -24,8 +24,7 @@ from urpo.objective import entropy_from_logits, masked_mean, policy_loss
 from urpo.sequences import MicroBatch, collate, completion_logits, split_micro_batches, token_logprobs
 
 if TYPE_CHECKING:
-    from urpo.config import GRPOArgs, RolloutCorrectionArgs
-    from urpo.rollout import SamplingArgs
+    from urpo.args import GRPOArgs, RolloutCorrectionArgs, SamplingArgs
 
 
 @dataclass(frozen=True)

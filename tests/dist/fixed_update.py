@@ -32,16 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.dist.common import base_logprobs, fixed_sequences, shard_report
-from urpo.config import GRPOArgs, LoggingArgs
+from urpo.args import GRPOArgs, LoggingArgs, LoraArgs, PolicyArgs, SamplingArgs
 from urpo.data.datamodule import URPODataModule
 from urpo.data.sources import SourceSpec
 from urpo.export import export_policy, full_state_dict
-from urpo.lora import LoraArgs
-from urpo.models import ModelArgs
 from urpo.module import URPOModule
 from urpo.prompts import render_chat
 from urpo.rewards.verifier import MathVerifier
-from urpo.rollout import SamplingArgs
 from urpo.sequences import collate
 from urpo.strategies import FSDP2Strategy, is_sharded
 
@@ -94,13 +91,12 @@ def build_strategy(args: argparse.Namespace):
 
 def build_module(args: argparse.Namespace) -> FixedUpdateModule:
     return FixedUpdateModule(
-        model=ModelArgs(name_or_path=args.model),
+        policy=PolicyArgs(args.model, lora=LoraArgs(r=4, init_lora_weights="gaussian") if args.lora else None),
         rewards=[MathVerifier()],
         grpo=GRPOArgs(num_generations=2, beta=args.beta, max_tokens_per_micro_batch=args.micro_tokens),
         sampling=SamplingArgs(max_new_tokens=8),
         optimizer=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-        lora=LoraArgs(r=4, init_lora_weights="gaussian") if args.lora else None,
     )
 
 

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.dist.common import fixed_sequences
-from urpo.lora import LoraArgs, apply_lora
+from urpo.args import LoraArgs
+from urpo.lora import apply_lora
 from urpo.sequences import collate, completion_logits, token_logprobs
 from urpo.strategies import (
     FSDP2Strategy, FSDPSettings, apply_fsdp, decoder_layers, fsdp_settings, shard_model, unsharded,

@@ -12,6 +12,9 @@ With model seeds 1 and 2 the warm start keeps writing repeated labels (``A > A``
 verdicts; GRPO from such a start led, in earlier variants, to a judge that always names one position (reward exactly
 0.5, spread 0.5, no learning; docs/referee.md). So the warm start is gated: the first of a few model seeds whose
 verdicts parse is kept, and a world where none does fails loudly rather than testing GRPO on a broken format.
+
+Across world seeds (6 Dec, under load): seeds 0, 1 and 2 all went 0.50 -> 1.00. Seed 1's warm start needs its
+later tries (about 7 minutes under load), so CI runs seeds 0 and 2 (about a minute and a half each under load).
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ from torch.utils.data import DataLoader
 
 from tests.helpers import build_tiny_model
 from tests.learning import worlds
-from urpo.config import GRPOArgs, LoggingArgs
-from urpo.models import ModelArgs, load_model, load_tokenizer
+from urpo.args import GRPOArgs, LoggingArgs, ModelArgs, PolicyArgs, SamplingArgs
+from urpo.models import load_model, load_tokenizer
 from urpo.module import URPOModule
 from urpo.rewards import PreferenceReward
-from urpo.rollout import SamplingArgs
 
 STEPS, ROWS_PER_STEP, G, LR = 30, 16, 8, 1e-3
 TRACKED = (
@@ -86,16 +88,15 @@ def run_referee_world(folder, seed: int) -> dict:
     model_dir = warm_started_referee(folder, seed)
     _, train, held = worlds.split_pairs(seed)
     held_rows, train_rows = worlds.referee_rows(held, "held", seed + 1), worlds.referee_rows(train, "train", seed + 2)
-    L.seed_everything(seed)
+    L.seed_everything(seed)  # also seeds the referee's presentation orders (urpo.args.run_seed)
     module = URPOModule(
-        model=ModelArgs(name_or_path=model_dir),
+        policy=PolicyArgs(name_or_path=model_dir),
         rewards=[PreferenceReward(metric="pairwise")],
         grpo=GRPOArgs(num_generations=G),
         sampling=SamplingArgs(max_new_tokens=10),
         referee=worlds.REFEREE,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-        seed=seed,
     )
     module.configure_model()
     before = worlds.judging_accuracy(module.policy, module.tokenizer, held_rows)
@@ -118,7 +119,7 @@ def run_referee_world(folder, seed: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("seed", [0, 2])
 def test_preference_rows_alone_teach_the_referee_to_judge_held_out_problems(tmp_path, seed):
     result = run_referee_world(tmp_path, seed)
     print(seed, result["before"], result["after"])

@@ -19,12 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.learning.worlds import JudgeRoutingEngine, NoisyTruthJudge, digit_share, open_quality, open_rows, split_pairs
-from urpo.config import GRPOArgs, LoggingArgs
-from urpo.models import ModelArgs
+from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, SamplingArgs
 from urpo.module import URPOModule
 from urpo.referee import RefereeTemplate
 from urpo.rewards import SelfJudge
-from urpo.rollout import SamplingArgs
 
 ERROR_RATE = 0.3
 """Share of the judge's rankings that are uniformly random: its pairwise accuracy is 1 - 0.3 / 2 = 0.85."""
@@ -60,7 +58,7 @@ def truth_agreement(groups: list[tuple[list[float], list[float]]]) -> float:
 
 
 def run_world(model_dir: str, seed: int) -> dict[str, float]:
-    L.seed_everything(seed)
+    L.seed_everything(seed)  # also the module's presentation orders (urpo.args.run_seed)
     _, train, held = split_pairs(seed)
     judge = NoisyTruthJudge(ERROR_RATE, template=RefereeTemplate(), seed=seed)  # the module's default referee
     probe = ProbedSelfJudge(judgments_per_group=2, seed=seed)
@@ -70,13 +68,12 @@ def run_world(model_dir: str, seed: int) -> dict[str, float]:
             return JudgeRoutingEngine(super()._build_engine(), judge)
 
     module = Module(
-        model=ModelArgs(name_or_path=model_dir),
+        policy=PolicyArgs(name_or_path=model_dir),
         rewards=[probe],
         grpo=GRPOArgs(num_generations=G),
         sampling=SamplingArgs(max_new_tokens=MAX_NEW_TOKENS),
         optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-        seed=seed,
     )
     module.configure_model()
     held_rows = open_rows(held, "held")

@@ -101,8 +101,9 @@ def _teach(model, tokenizer, rows, rng: random.Random, optimizer, steps: int, wi
 
 def verdict_failure_rate(model, tokenizer, rows: Sequence[PreferenceRow], seed: int, count: int = 32) -> float:
     """Share of sampled verdicts (temperature 1, two per prompt, both orders of ``count`` rows) that fail to parse."""
+    from urpo.args import SamplingArgs
     from urpo.referee import ParsedRanking
-    from urpo.rollout import HFGenerateEngine, SamplingArgs
+    from urpo.rollout import HFGenerateEngine
 
     shown = [REFEREE.messages(r.prompt, r.responses, order) for r in rows[:count] for order in ([0, 1], [1, 0])]
     prompts = [render_chat(tokenizer, messages) for messages in shown]
@@ -231,8 +232,9 @@ def open_quality(
     model, tokenizer, rows: Sequence[OpenRow], samples: int, max_new_tokens: int, seed: int
 ) -> tuple[float, float]:
     """(share of correct answers, mean quality) of ``samples`` sampled answers per held-out row, seeded."""
+    from urpo.args import SamplingArgs
     from urpo.prompts import PlayerTemplate
-    from urpo.rollout import HFGenerateEngine, SamplingArgs
+    from urpo.rollout import HFGenerateEngine
 
     prompts = [render_chat(tokenizer, PlayerTemplate().messages(row)) for row in rows]
     with torch.random.fork_rng():

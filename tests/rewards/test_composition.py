@@ -12,13 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.rewards.fakes import ScriptedEngine, perfect_judge, quality, ranking, shown_responses
-from urpo.config import GRPOArgs, LoggingArgs
+from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, SamplingArgs
 from urpo.data.schema import OpenRow, PreferenceRow, VerifiableRow
-from urpo.models import ModelArgs
 from urpo.module import URPOModule
 from urpo.rewards import MathVerifier, PreferenceReward, RewardCallback, RewardResult, SelfJudge
 from urpo.rewards.base import Episode
-from urpo.rollout import SamplingArgs
 from urpo.timing import PHASES
 
 G = 3
@@ -65,7 +63,7 @@ def make_module(
             return engine_factory(self) if engine_factory else super()._build_engine()
 
     module = Module(
-        model=ModelArgs(name_or_path=model_dir),
+        policy=PolicyArgs(name_or_path=model_dir),
         rewards=rewards,
         grpo=GRPOArgs(num_generations=G, preference_orders=preference_orders),
         sampling=SamplingArgs(max_new_tokens=8),

@@ -92,7 +92,8 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
 
     from tools.evidence.evaluate import HeldOut, answer_of
     from tools.evidence.world import REFEREE
-    from urpo.models import ModelArgs, load_tokenizer
+    from urpo.args import ModelArgs
+    from urpo.models import load_tokenizer
     from urpo.prompts import render_chat
     from urpo.ranking import pairwise_accuracy
     from urpo.referee import read_verdict
@@ -132,7 +133,8 @@ def position_biased(warm_dir: Path, out: Path, steps: int = 150, seed: int = 0) 
 
     from tools.evidence.warm_start import WarmStartConfig, encode, judge_example, train_cycle
     from tools.evidence.world import REFEREE, WorldConfig, split_problems
-    from urpo.models import ModelArgs, load_tokenizer
+    from urpo.args import ModelArgs
+    from urpo.models import load_tokenizer
 
     if (out / "config.json").exists():
         return out

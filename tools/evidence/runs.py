@@ -150,18 +150,16 @@ def train_run(
 
     from tools.evidence.evaluate import EvalCallback, HeldOut
     from tools.evidence.world import PLAYER, REFEREE
-    from urpo.config import GRPOArgs, LoggingArgs
+    from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, SamplingArgs
     from urpo.data.datamodule import URPODataModule
     from urpo.data.sources import SourceSpec
-    from urpo.models import ModelArgs
     from urpo.module import URPOModule
-    from urpo.rollout import SamplingArgs
 
     quiet()
     start = time.time()
-    L.seed_everything(seed, verbose=False)
+    L.seed_everything(seed, verbose=False)  # also the presentation orders and data shuffles (urpo.args.run_seed)
     module = URPOModule(
-        model=ModelArgs(name_or_path=warm_dir),
+        policy=PolicyArgs(name_or_path=warm_dir),
         rewards=rewards_for(run, cfg, seed, files, referee_dir),
         grpo=GRPOArgs(num_generations=cfg.num_generations, preference_orders=cfg.preference_orders),  # type: ignore[arg-type]
         sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
@@ -169,14 +167,10 @@ def train_run(
         referee=REFEREE,
         optimizer=partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
-        seed=seed,
     )
     batch = referee_batch(cfg) if run == "referee" else cfg.prompts_per_step
     data = URPODataModule(
-        sources=[SourceSpec(adapter="generic", path=files["train"])],
-        mixture=RUN_MIXTURES[run],
-        batch_size=batch,
-        seed=seed,
+        sources=[SourceSpec(adapter="generic", path=files["train"])], mixture=RUN_MIXTURES[run], batch_size=batch
     )
     evaluator, recorder = EvalCallback(HeldOut.load(files, cfg.eval_limit), cfg.eval_every), StepRecorder()
     trainer = L.Trainer(
@@ -211,7 +205,8 @@ def evaluate_model(model_dir: str, files: dict[str, str], cfg: RLConfig) -> dict
     from transformers import AutoModelForCausalLM
 
     from tools.evidence.evaluate import HeldOut, evaluate
-    from urpo.models import ModelArgs, load_tokenizer
+    from urpo.args import ModelArgs
+    from urpo.models import load_tokenizer
 
     quiet()
     model = AutoModelForCausalLM.from_pretrained(model_dir)

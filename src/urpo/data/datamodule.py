@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from urpo import metric_keys as keys
+from urpo.args import run_seed
 from urpo.data.mixture import Cursor, MemoryCursor, Mixer, StreamCursor, kind_quotas, normalised_shares
 from urpo.data.schema import ROW_KINDS, Row, RowKind
 from urpo.data.sources import OnBadRow, SkipReport, SourceSpec, iter_source, load_source
@@ -75,6 +76,9 @@ class _BatchStream(IterableDataset):
 class URPODataModule(L.LightningDataModule):
     """Mixes verifiable, preference and open rows into batches with an exact share of each kind.
 
+    In-memory sources are shuffled with the run's seed, ``seed_everything`` (:func:`urpo.args.run_seed`), read when
+    the DataModule is built; a checkpoint keeps the position reached, so a resumed run continues the same order.
+
     Args:
         sources: training sources (file or hub dataset, adapter, weight within its kind).
         mixture: share of each kind in every batch, e.g. ``{verifiable: 0.4, preference: 0.3, open: 0.3}``; kinds
@@ -88,7 +92,6 @@ class URPODataModule(L.LightningDataModule):
         prompt_overflow: 'drop' the over-long rows, or 'truncate' their prompt text (keeping its end, where the
             question and the latest turns are); preference rows whose responses alone overflow are dropped.
         on_bad_row: 'error' stops at the first bad record naming file, line and field; 'skip' skips and counts them.
-        seed: seeds the shuffles of in-memory sources.
         oversample: DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476): draw this many times the rows of
             each kind per batch (rounded up), roll them all out and score them, then train on ``batch_size`` rows
             in the exact ``mixture`` shares, preferring groups whose rewards are not all equal (those have zero
@@ -107,7 +110,6 @@ class URPODataModule(L.LightningDataModule):
         max_prompt_tokens: int | None = None,
         prompt_overflow: PromptOverflow = "drop",
         on_bad_row: OnBadRow = "error",
-        seed: int = 0,
         oversample: float = 1.0,
     ) -> None:
         super().__init__()
@@ -122,7 +124,9 @@ class URPODataModule(L.LightningDataModule):
         )
         self.batch_size, self.eval_batch_size, self.batches_per_epoch = batch_size, eval_batch_size, batches_per_epoch
         self.max_prompt_tokens, self.prompt_overflow = max_prompt_tokens, prompt_overflow
-        self.on_bad_row, self.seed = on_bad_row, seed
+        self.on_bad_row = on_bad_row
+        self.seed = run_seed()
+        """Seeds the shuffles of in-memory sources: the run's seed, ``seed_everything`` (:func:`urpo.args.run_seed`)."""
         kinds = {s.kind for s in self.sources} if all(s.kind for s in self.sources) else set(ROW_KINDS)
         self.mixture = dict(mixture) if mixture is not None else {k: 1.0 for k in ROW_KINDS if k in kinds}
         self.quotas = kind_quotas(self.mixture, batch_size)

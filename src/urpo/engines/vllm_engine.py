@@ -23,55 +23,16 @@ import os
 import random
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from urpo.args import SamplingArgs, VLLMArgs
 from urpo.errors import ConfigError
-from urpo.models import DType
-from urpo.rollout import FinishReason, RolloutBatch, SamplingArgs, _eos_ids
+from urpo.rollout import FinishReason, RolloutBatch, _eos_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class VLLMArgs:
-    """Options of the vLLM rollout engine (used when ``engine: vllm``)."""
-
-    dtype: DType = "auto"
-    """Engine compute dtype. 'auto' follows the trainer: bfloat16 under bf16 precision, float16 under 16-bit
-    precision, else the policy's parameter dtype. A dtype other than the trainer's widens the train/inference gap."""
-    kv_cache_memory_bytes: int | None = 1 << 30
-    """Bytes reserved for the KV cache. Keep it bounded on CPU (vLLM's default sizing fails there and the cache is
-    carved out of the trainer's RAM); None sizes it from ``gpu_memory_utilization`` (GPU only)."""
-    gpu_memory_utilization: float = 0.3
-    """Share of GPU memory vLLM may use (weights + KV cache) when ``kv_cache_memory_bytes`` is None; the rest is
-    left to the trainer that shares the GPU."""
-    max_model_len: int | None = None
-    """Longest prompt + completion in tokens (None: the model's limit); must fit in the KV cache."""
-    max_num_seqs: int | None = None
-    """Most sequences vLLM decodes at once (None: vLLM's default)."""
-    enforce_eager: bool = True
-    """Run the model eagerly. On CPU, compiling costs 20-45 s of startup for little speed; on GPU set False to get
-    CUDA graphs, which speed decoding up a lot."""
-    seed: int = 0
-    """Seed of the engine's sampling stream (the global rank is added, so ranks sample differently)."""
-    distributed_executor_backend: str | None = None
-    """vLLM executor. Several trainer ranks each holding a colocated engine need 'external_launcher' (as TRL's
-    colocate mode does); not exercised by urpo's tests."""
-    llm_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for ``vllm.LLM`` (e.g. ``{enable_prefix_caching: false}``); they win over the above."""
-    sampling_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for ``vllm.SamplingParams`` (e.g. ``{min_tokens: 64}`` to force lengths in a
-    benchmark); they win over the values derived from ``sampling``."""
-
-    def __post_init__(self) -> None:
-        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
-            raise ConfigError(f"kv_cache_memory_bytes must be > 0 or None, got {self.kv_cache_memory_bytes}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
 
 class VLLMEngine:
@@ -85,6 +46,7 @@ class VLLMEngine:
         args: engine options.
         precision: returns the trainer's precision string (e.g. 'bf16-mixed') for ``dtype: auto``; None: unknown.
         rank: returns the global rank, added to the seed.
+        seed: seed of the engine's sampling stream (the module passes the run's seed, :func:`urpo.args.run_seed`).
     """
 
     def __init__(
@@ -94,12 +56,14 @@ class VLLMEngine:
         args: VLLMArgs | None = None,
         precision: Callable[[], str | None] | None = None,
         rank: Callable[[], int] | None = None,
+        seed: int = 0,
     ) -> None:
         self._model = model
         self.tokenizer = tokenizer
         self.args = args or VLLMArgs()
         self._precision = precision or (lambda: None)
         self._rank = rank or (lambda: 0)
+        self.seed = seed
         self.llm: Any = None
         self._folder: tempfile.TemporaryDirectory | None = None
         self._rng_state: dict[str, Any] | None = None
@@ -179,7 +143,7 @@ class VLLMEngine:
             "model": self._folder.name,
             "load_format": "dummy",  # random init; the real weights are pushed right below
             "dtype": self._resolve_dtype(model),
-            "seed": self.args.seed + self._rank(),
+            "seed": self.seed + self._rank(),
             "enforce_eager": self.args.enforce_eager,
             "kv_cache_memory_bytes": self.args.kv_cache_memory_bytes,
             "gpu_memory_utilization": self.args.gpu_memory_utilization,
@@ -307,8 +271,8 @@ def _check_pushable(model: torch.nn.Module) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "hf_quantizer", None) is not None:
         raise ConfigError(
-            "engine: vllm needs unquantized policy weights to push; a quantized (e.g. 4-bit QLoRA) policy trains "
-            "with engine: hf"
+            "model.rollout.engine: vllm needs unquantized policy weights to push; a quantized (e.g. 4-bit QLoRA) "
+            "policy trains with engine: hf"
         )
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from urpo.lora import LoraArgs
+from urpo.args import LoraArgs
 from urpo.plan.architecture import ModelFacts
 from urpo.plan.estimate import memory_plan, shapes
 from urpo.plan.setup import RunSetup
@@ -36,7 +36,7 @@ def _checkpointing(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
         fsdp = dataclasses.replace(setup.fsdp, activation_checkpointing=True)
         yield "trainer.strategy.init_args.activation_checkpointing: true", setup.replace(fsdp=fsdp)
     else:
-        yield "model.gradient_checkpointing: true", setup.replace(gradient_checkpointing=True)
+        yield "model.policy.gradient_checkpointing: true", setup.replace(gradient_checkpointing=True)
 
 
 def _generate_batch(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
@@ -86,7 +86,7 @@ def _more_ranks(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
 
 def _lora(setup: RunSetup) -> Iterator[tuple[str, RunSetup]]:
     if setup.lora is None:
-        yield "model.lora: {r: 16} (train adapters, the reference is free)", setup.replace(lora=LoraArgs())
+        yield "model.policy.lora: {r: 16} (train adapters, the reference is free)", setup.replace(lora=LoraArgs())
 
 
 def _grpo(setup: RunSetup, **changes) -> RunSetup:

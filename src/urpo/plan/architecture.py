@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from urpo.args import ModelArgs
 from urpo.errors import ConfigError
-from urpo.models import ModelArgs, resolve_source
+from urpo.models import resolve_source
 
 KNOWN_CONFIGS = "known_configs.json"
 
@@ -92,7 +93,7 @@ def load_config(args: ModelArgs) -> tuple[Any, str]:
     raise ConfigError(
         f"model: no config.json for hub id {args.name_or_path!r}: it is not in the Hugging Face cache and urpo "
         f"bundles only {', '.join(sorted(known))}. Fetch it with `huggingface-cli download {args.name_or_path} "
-        "config.json` (no weights needed) or point model.name_or_path at a local folder."
+        "config.json` (no weights needed) or point model.policy.name_or_path at a local folder."
     )
 
 

@@ -301,7 +301,7 @@ def _engine_terms(setup: RunSetup, facts: ModelFacts, notes: list[str]) -> list[
         terms.append(Term("vLLM engine weights", facts.params * engine_b, f"{_n(facts.params)} x {engine_b} B"))
         if setup.vllm.kv_cache_memory_bytes is not None:
             kv = float(setup.vllm.kv_cache_memory_bytes)
-            terms.append(Term("vLLM KV cache", kv, f"vllm.kv_cache_memory_bytes ({kv / kv_token:,.0f} tokens)"))
+            terms.append(Term("vLLM KV cache", kv, f"rollout.vllm.kv_cache_memory_bytes ({kv / kv_token:,.0f} tokens)"))
         else:
             notes.append(
                 f"vLLM takes gpu_memory_utilization = {setup.vllm.gpu_memory_utilization} of the device "

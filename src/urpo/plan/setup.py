@@ -1,8 +1,8 @@
 """What a memory plan needs from a ``urpo fit`` config, read from the same YAML without building anything.
 
 The YAML is the one ``urpo fit --config`` takes; each section is turned into the same typed argument classes the
-module uses (:class:`~urpo.config.GRPOArgs`, :class:`~urpo.rollout.SamplingArgs`, ...), so their defaults and checks
-apply. Nothing is instantiated that would load a tokenizer, a model or a dataset.
+module uses (:mod:`urpo.args`), so their defaults and checks apply. Nothing is instantiated that would load a
+tokenizer, a model or a dataset.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from typing import Any
 
 import yaml
 
-from urpo.config import GRPOArgs
-from urpo.engines.vllm_engine import VLLMArgs
+from urpo.args import GRPOArgs, LoraArgs, ModelArgs, PolicyArgs, QuantizationArgs, RolloutArgs, SamplingArgs, VLLMArgs
+from urpo.config_files import check_renamed_keys
 from urpo.errors import ConfigError
-from urpo.lora import LoraArgs, QuantizationArgs
-from urpo.models import ModelArgs
-from urpo.rollout import SamplingArgs
 from urpo.strategies import FSDPSettings
 
 DEFAULT_PROMPT_TOKENS = 1024
@@ -95,6 +92,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a mapping (trainer:, model:, data:)")
+    check_renamed_keys(config, str(path))
     items = list(overrides or [])
     if len(items) % 2:
         raise ConfigError(f"override {items[-1]!r} has no value (use --section.key VALUE)")
@@ -102,6 +100,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
         if not key.startswith("--"):
             raise ConfigError(f"expected an option like --model.grpo.beta, got {key!r}")
         _set_path(config, key[2:].split("."), yaml.safe_load(value))
+    check_renamed_keys(config, f"{path} with overrides")
     return config
 
 
@@ -122,9 +121,10 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
     trainer = config.get("trainer") or {}
     data = config.get("data") or {}
     notes: list[str] = []
-    model_section = model.get("model")
-    if not isinstance(model_section, dict) or "name_or_path" not in model_section:
-        raise ConfigError(f"{source} has no model.model.name_or_path (the model to plan for)")
+    check_renamed_keys(config, source)
+    policy_section = model.get("policy")
+    if not isinstance(policy_section, dict) or "name_or_path" not in policy_section:
+        raise ConfigError(f"{source} has no model.policy.name_or_path (the model to plan for)")
     strategy, fsdp = _strategy(trainer.get("strategy", "auto"), notes)
     devices = _devices(trainer.get("devices", "auto"), trainer.get("accelerator", "auto"), notes)
     optimizer = model.get("optimizer") or {}
@@ -132,15 +132,18 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
         optimizer.get("class_path", "torch.optim.AdamW") if isinstance(optimizer, dict) else str(optimizer)
     )
     try:
+        policy = _policy(policy_section)
+        rollout = dict(model.get("rollout") or {})
+        rollout = RolloutArgs(engine=rollout.get("engine", "hf"), vllm=VLLMArgs(**(rollout.get("vllm") or {})))
         setup = RunSetup(
-            model=ModelArgs(**model_section),
+            model=_loading_args(policy),
             grpo=GRPOArgs(**(model.get("grpo") or {})),
             sampling=SamplingArgs(**(model.get("sampling") or {})),
-            lora=LoraArgs(**model["lora"]) if model.get("lora") is not None else None,
-            quantization=QuantizationArgs(**model["quantization"]) if model.get("quantization") is not None else None,
-            engine=model.get("engine", "hf"),
-            vllm=VLLMArgs(**(model.get("vllm") or {})),
-            gradient_checkpointing=bool(model.get("gradient_checkpointing", False)),
+            lora=policy.lora,
+            quantization=policy.quantization,
+            engine=rollout.engine,
+            vllm=rollout.vllm,
+            gradient_checkpointing=policy.gradient_checkpointing,
             optimizer=optimizer_class,
             optimizer_args=dict(optimizer.get("init_args") or {}) if isinstance(optimizer, dict) else {},
             judge=_judge(model.get("rewards") or []),
@@ -158,6 +161,22 @@ def run_setup(config: dict[str, Any], source: str = "config") -> RunSetup:
     if setup.max_prompt_tokens is None:
         notes.append(f"data.max_prompt_tokens is unset: prompts assumed to be {DEFAULT_PROMPT_TOKENS} tokens")
     return setup.replace(notes=tuple(notes))
+
+
+def _policy(section: dict[str, Any]) -> PolicyArgs:
+    """``model.policy`` as the module reads it, its LoRA and quantization sections included."""
+    section = dict(section)
+    lora, quantization = section.pop("lora", None), section.pop("quantization", None)
+    return PolicyArgs(
+        **section,
+        lora=LoraArgs(**lora) if lora is not None else None,
+        quantization=QuantizationArgs(**quantization) if quantization is not None else None,
+    )
+
+
+def _loading_args(policy: PolicyArgs) -> ModelArgs:
+    """The :class:`ModelArgs` part of the policy (where and how it loads); what trains is kept in RunSetup's fields."""
+    return ModelArgs(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(ModelArgs)})
 
 
 def _judge(rewards: list[Any]) -> JudgeSetup | None:

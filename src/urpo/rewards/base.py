@@ -37,8 +37,9 @@ from urpo.timing import PhaseTimer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from urpo.args import SamplingArgs
     from urpo.referee import RefereeTemplate
-    from urpo.rollout import RolloutEngine, SamplingArgs
+    from urpo.rollout import RolloutEngine
 
 
 @dataclass(frozen=True)

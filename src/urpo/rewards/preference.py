@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from urpo.args import run_seed
 from urpo.data.schema import RowKind
 from urpo.errors import ConfigError
 from urpo.referee import (
@@ -100,7 +101,8 @@ class PreferenceReward(RewardCallback):
         consistency: also judge each row in a second presentation order and reward only consistent verdicts.
         second_order: the second presentation order: 'reversed' (the first order backwards; for pairs, the swap)
             or 'shuffled' (a fresh shuffle that differs from the first whenever N >= 2).
-        seed: seeds the 'shuffled' second orders; the RNG state is saved in checkpoints.
+        seed: seeds the 'shuffled' second orders (None: the run's seed, ``seed_everything``; see
+            :func:`urpo.args.run_seed`); the RNG state is saved in checkpoints.
         weight: multiplies the rewards (see :class:`~urpo.rewards.base.RewardCallback`).
         kinds: the row kinds served (default ``("preference",)``).
         name: the name metrics are logged under (default ``preference_reward``).
@@ -114,7 +116,7 @@ class PreferenceReward(RewardCallback):
         format_penalty: float = -0.5,
         consistency: bool = False,
         second_order: SecondOrder = "reversed",
-        seed: int = 0,
+        seed: int | None = None,
         weight: float = 1.0,
         kinds: Sequence[RowKind] | None = None,
         name: str | None = None,
@@ -129,7 +131,7 @@ class PreferenceReward(RewardCallback):
             raise ConfigError(f"PreferenceReward: format_penalty must be a finite number <= 0, got {format_penalty}")
         self.metric, self.format_penalty = metric, float(format_penalty)
         self.consistency, self.second_order = consistency, second_order
-        self.rng = random.Random(seed)
+        self.rng = random.Random(run_seed() if seed is None else seed)
 
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
         template = self._template()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from urpo.args import run_seed
 from urpo.data.schema import RowKind
 from urpo.errors import ConfigError
 from urpo.referee import Verdict, borda_scores, pairwise_accuracy, read_verdict, shuffled_order
@@ -27,8 +28,8 @@ from urpo.rewards.preference import as_rng_state, failure_metrics
 from urpo.timing import timed
 
 if TYPE_CHECKING:
+    from urpo.args import SamplingArgs
     from urpo.rewards.base import RewardContext
-    from urpo.rollout import SamplingArgs
 
 ShuffleMode = Literal["mirrored", "independent"]
 
@@ -146,7 +147,8 @@ class SelfJudge(RewardCallback):
         max_new_tokens: token limit of one judgment (None: the module's ``sampling.max_new_tokens``).
         length_tiebreak: margin of the length tie-break (see :func:`length_tiebreak`); 0 turns it off.
         cross_check_verifiable: also judge verifiable groups (no reward) and log agreement with the verifier.
-        seed: seeds the presentation shuffles; the RNG state is saved in checkpoints.
+        seed: seeds the presentation shuffles (None: the run's seed, ``seed_everything``; see
+            :func:`urpo.args.run_seed`); the RNG state is saved in checkpoints.
         weight: multiplies the rewards (see :class:`~urpo.rewards.base.RewardCallback`).
         kinds: the row kinds rewarded (default ``("open",)``); 'verifiable' is added by the cross-check.
         name: the name metrics are logged under (default ``self_judge``).
@@ -164,7 +166,7 @@ class SelfJudge(RewardCallback):
         max_new_tokens: int | None = None,
         length_tiebreak: float = 0.0,
         cross_check_verifiable: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         weight: float = 1.0,
         kinds: Sequence[RowKind] | None = None,
         name: str | None = None,
@@ -185,7 +187,7 @@ class SelfJudge(RewardCallback):
         self.max_prompt_tokens, self.shuffle = max_prompt_tokens, shuffle
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.length_tiebreak, self.cross_check_verifiable = float(length_tiebreak), cross_check_verifiable
-        self.rng = random.Random(seed)
+        self.rng = random.Random(run_seed() if seed is None else seed)
 
     def setup(self, context: RewardContext) -> None:
         super().setup(context)

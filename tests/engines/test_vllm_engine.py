@@ -17,10 +17,9 @@ import torch
 from torch.testing import assert_close
 
 from tests.helpers import build_tiny_model
-from urpo.config import RolloutCorrectionArgs
+from urpo.args import RolloutCorrectionArgs, SamplingArgs
 from urpo.correction import importance_weights, mismatch_metrics, scale_gradient
 from urpo.errors import ConfigError
-from urpo.rollout import SamplingArgs
 
 T = torch.tensor
 
@@ -34,13 +33,13 @@ def test_importing_urpo_does_not_import_vllm():
 def test_engine_vllm_without_the_extra_is_a_clear_error(tiny_model_dir):
     from importlib.util import find_spec
 
+    from urpo.args import PolicyArgs, RolloutArgs
     from urpo.errors import ConfigError
-    from urpo.models import ModelArgs
     from urpo.module import URPOModule
 
     if find_spec("vllm") is not None:
         pytest.skip("the vllm extra is installed")
-    module = URPOModule(ModelArgs(tiny_model_dir), engine="vllm")
+    module = URPOModule(PolicyArgs(tiny_model_dir), rollout=RolloutArgs(engine="vllm"))
     with pytest.raises(ConfigError, match="vllm extra"):
         module._build_engine()
 
@@ -114,7 +113,8 @@ def vllm_model_dir(tmp_path_factory) -> Path:
 def hf_and_engine(vllm_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from urpo.engines.vllm_engine import VLLMArgs, VLLMEngine
+    from urpo.args import VLLMArgs
+    from urpo.engines.vllm_engine import VLLMEngine
 
     model = AutoModelForCausalLM.from_pretrained(vllm_model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(vllm_model_dir)
@@ -249,23 +249,21 @@ def _fit(model_dir: Path, tmp_path: Path, precision: str, steps: int = 3, rows=N
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from urpo.config import GRPOArgs, LoggingArgs
+    from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, RolloutArgs, VLLMArgs
     from urpo.data.schema import VerifiableRow
-    from urpo.engines.vllm_engine import VLLMArgs
-    from urpo.models import ModelArgs
     from urpo.module import URPOModule
 
     if rows is None:
         rows = [VerifiableRow(source="t", index=i, prompt=f"What is {i} + 2?", answer=str(i + 2)) for i in range(4)]
     L.seed_everything(0)
     module = URPOModule(
-        ModelArgs(str(model_dir)),
+        PolicyArgs(str(model_dir)),
         rewards=rewards or [_length_reward()],
         grpo=GRPOArgs(num_generations=4),
         sampling=SamplingArgs(max_new_tokens=12),
-        engine="vllm",
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
-        vllm=VLLMArgs(kv_cache_memory_bytes=64 << 20),  # max_model_len: the model's 1024 (referee prompts are long)
+        # max_model_len: the model's 1024 (referee prompts are long)
+        rollout=RolloutArgs(engine="vllm", vllm=VLLMArgs(kv_cache_memory_bytes=64 << 20)),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
     )
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)] * steps
@@ -291,7 +289,7 @@ def _fit(model_dir: Path, tmp_path: Path, precision: str, steps: int = 3, rows=N
     ("precision", "dtype", "tolerance"), [("32-true", "float32", 1e-4), ("bf16-mixed", "bfloat16", 0.02)]
 )
 def test_training_with_vllm_completes_and_tracks_the_policy(vllm_model_dir, tmp_path, precision, dtype, tolerance):
-    from urpo.models import ModelArgs
+    from urpo.args import PolicyArgs, RolloutArgs
     from urpo.module import URPOModule
 
     trainer, module = _fit(vllm_model_dir, tmp_path, precision)
@@ -307,7 +305,7 @@ def test_training_with_vllm_completes_and_tracks_the_policy(vllm_model_dir, tmp_
     module.on_save_checkpoint(checkpoint)
     saved = checkpoint["urpo"]["engine"]["rng"]["torch"]
     assert torch.equal(saved, module.engine.state_dict()["rng"]["torch"])
-    resumed = URPOModule(ModelArgs(str(vllm_model_dir)), engine="vllm")
+    resumed = URPOModule(PolicyArgs(str(vllm_model_dir)), rollout=RolloutArgs(engine="vllm"))
     resumed.configure_model()
     resumed.on_load_checkpoint(checkpoint)
     assert torch.equal(resumed.engine._resumed_rng["torch"], saved)

@@ -9,21 +9,25 @@ from pathlib import Path
 import pytest
 import yaml
 
+from urpo.args import ModelArgs
 from urpo.errors import ConfigError
-from urpo.models import ModelArgs
 from urpo.plan.architecture import model_facts
 from urpo.plan.estimate import memory_plan, shapes
 from urpo.plan.report import main, parse_bytes
 from urpo.plan.setup import read_config, run_setup
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QWEN7B, QWEN1_5B = str(ROOT / "configs/qwen7b.yaml"), str(ROOT / "configs/qwen1_5b_1gpu.yaml")
 
 
-def tiny_config(model_dir: str, **model_changes) -> dict:
+def tiny_config(model_dir: str, policy: dict | None = None, **model_changes) -> dict:
     return {
         "trainer": {"accelerator": "cpu", "devices": 1},
-        "model": {"model": {"name_or_path": model_dir}, "grpo": {"num_generations": 4}, **model_changes},
+        "model": {
+            "policy": {"name_or_path": model_dir, **(policy or {})},
+            "grpo": {"num_generations": 4},
+            **model_changes,
+        },
         "data": {"sources": [{"adapter": "gsm8k", "path": "x.jsonl"}], "batch_size": 4, "max_prompt_tokens": 64},
     }
 
@@ -89,7 +93,7 @@ def test_fsdp2_shards_weights_gradients_and_states_over_the_world_size(tiny_mode
 
 def test_lora_trains_adapters_only_and_its_reference_is_free(tiny_model_dir):
     full_setup, full = plan_of(tiny_config(tiny_model_dir, grpo={"num_generations": 4, "beta": 0.1}))
-    _, lora = plan_of(tiny_config(tiny_model_dir, grpo={"num_generations": 4, "beta": 0.1}, lora={"r": 4}))
+    _, lora = plan_of(tiny_config(tiny_model_dir, grpo={"num_generations": 4, "beta": 0.1}, policy={"lora": {"r": 4}}))
     assert full.term("reference policy").bytes == full.term("weights").bytes  # a frozen fp32 copy
     assert lora.term("reference policy").bytes == 0
     assert lora.term("gradients").bytes < full.term("gradients").bytes / 5
@@ -112,11 +116,12 @@ def test_micro_batch_budget_and_checkpointing_bound_the_update(tiny_model_dir):
         return plan.phase_total("update") - plan.term("CPU kernel workspaces").bytes  # a constant of every phase
 
     assert update(budget=4096) > 3 * update(budget=1024)
-    assert update(budget=4096, gradient_checkpointing=True) < update(budget=4096)
+    assert update(budget=4096, policy={"gradient_checkpointing": True}) < update(budget=4096)
 
 
 def test_vllm_engine_holds_its_weights_and_kv_cache_instead_of_hf_generation(tiny_model_dir):
-    config = tiny_config(tiny_model_dir, engine="vllm", vllm={"kv_cache_memory_bytes": 1 << 28, "dtype": "bfloat16"})
+    vllm = {"kv_cache_memory_bytes": 1 << 28, "dtype": "bfloat16"}
+    config = tiny_config(tiny_model_dir, rollout={"engine": "vllm", "vllm": vllm})
     setup, plan = plan_of(config)
     facts = model_facts(setup.model)
     assert plan.term("vLLM engine weights").bytes == 2 * facts.params
