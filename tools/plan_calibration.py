@@ -70,7 +70,7 @@ BASE: dict[str, Any] = {
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # name: (model size, changes to BASE as dotted keys)
     "tiny_full": ("tiny", {}),
-    "tiny_test": ("tiny", {"trainer.max_steps": 1}),  # tests/plan/test_plan.py: one step (the tiny optimizer state is ~1 MB)
+    "tiny_test": ("tiny", {"trainer.max_steps": 1}),  # tests/plan/test_plan.py: one step (optimizer state ~1 MB)
     "tiny_lora": ("tiny", {"model.policy.lora": {"r": 8}}),
     "tiny_beta": ("tiny", {"model.grpo.beta": 0.04}),
     "tiny_micro": ("tiny", {"model.grpo.max_tokens_per_micro_batch": 2048}),

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from urpo.data.schema import Row
-    from urpo.rollout import FinishReason
+    from urpo.engines.base import FinishReason
 
 Messages = list[dict[str, str]]
 """A chat prompt: ``{"role": ..., "content": ...}`` messages."""

@@ -27,6 +27,8 @@ from urpo import progress
 from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, RolloutArgs, SamplingArgs, run_seed
 from urpo.data.schema import ROW_KINDS, Row
 from urpo.dynamic_sampling import select_groups
+from urpo.engines.base import RolloutEngine
+from urpo.engines.hf_engine import HFGenerateEngine
 from urpo.episode import Episode, TrainSequence, train_sequences
 from urpo.errors import ConfigError
 from urpo.lora import apply_lora, load_quantized_model, reference_policy
@@ -36,7 +38,6 @@ from urpo.progress import ProgressGuard
 from urpo.prompts import PlayerTemplate, render_chat
 from urpo.referee import RefereeTemplate, shuffled_order
 from urpo.rewards.base import RewardCallback, RewardContext, score_episodes
-from urpo.rollout import HFGenerateEngine, RolloutEngine
 from urpo.setup_checks import check_rewards_serve_data, kinds_in_data
 from urpo.timing import PhaseTimer
 from urpo.update import Ranks, Updater

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from urpo.args import SamplingArgs
-    from urpo.rollout import RolloutEngine
+    from urpo.engines.base import RolloutEngine
 
 MAX_LABELS = 26
 """Responses are labelled A..Z, so one judgment shows at most 26."""

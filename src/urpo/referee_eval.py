@@ -174,9 +174,9 @@ def evaluate_referee(
 def hf_generate(
     model: Any, tokenizer: Any, max_new_tokens: int, temperature: float | None, batch_size: int
 ) -> Generate:
-    """A batched ``model.generate`` judge (:func:`urpo.rollout.complete`, the engine's own generate call): greedy
-    when ``temperature`` is None, else sampled at that temperature from the whole distribution."""
-    from urpo.rollout import complete
+    """A batched ``model.generate`` judge (:func:`urpo.engines.hf_engine.complete`, the engine's own generate
+    call): greedy when ``temperature`` is None, else sampled at that temperature from the whole distribution."""
+    from urpo.engines.hf_engine import complete
 
     def generate(prompts: list[str]) -> list[str]:
         return complete(model, tokenizer, prompts, max_new_tokens, temperature=temperature, batch_size=batch_size)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
     from urpo.args import SamplingArgs
-    from urpo.rollout import RolloutBatch, RolloutEngine
+    from urpo.engines.base import RolloutBatch, RolloutEngine
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ class UnshardedGenerationEngine:
     """Wraps a rollout engine so that each ``generate`` call runs on the gathered (unsharded) policy.
 
     Args:
-        engine: the engine that samples from the live policy (e.g. :class:`~urpo.rollout.HFGenerateEngine`).
+        engine: the engine that samples from the live policy (e.g. :class:`~urpo.engines.hf_engine.HFGenerateEngine`).
         model: returns the sharded policy.
         settings: the FSDP settings the policy was sharded with.
     """

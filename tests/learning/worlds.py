@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from urpo.data.schema import OpenRow, PreferenceRow
+from urpo.engines.base import RolloutBatch
 from urpo.prompts import render_chat
 from urpo.referee import RefereeTemplate
-from urpo.rollout import RolloutBatch
 
 REFEREE = RefereeTemplate(system=None, instruction="Rank the {n} responses, best first, as {example}.", reminder=None)
 """Verdict first and nothing else: the judgment is a handful of tokens, so a GRPO step takes a fraction of a second."""
@@ -102,8 +102,8 @@ def _teach(model, tokenizer, rows, rng: random.Random, optimizer, steps: int, wi
 def verdict_failure_rate(model, tokenizer, rows: Sequence[PreferenceRow], seed: int, count: int = 32) -> float:
     """Share of sampled verdicts (temperature 1, two per prompt, both orders of ``count`` rows) that fail to parse."""
     from urpo.args import SamplingArgs
+    from urpo.engines.hf_engine import HFGenerateEngine
     from urpo.referee import ParsedRanking
-    from urpo.rollout import HFGenerateEngine
 
     shown = [REFEREE.messages(r.prompt, r.responses, order) for r in rows[:count] for order in ([0, 1], [1, 0])]
     prompts = [render_chat(tokenizer, messages) for messages in shown]
@@ -233,8 +233,8 @@ def open_quality(
 ) -> tuple[float, float]:
     """(share of correct answers, mean quality) of ``samples`` sampled answers per held-out row, seeded."""
     from urpo.args import SamplingArgs
+    from urpo.engines.hf_engine import HFGenerateEngine
     from urpo.prompts import PlayerTemplate
-    from urpo.rollout import HFGenerateEngine
 
     prompts = [render_chat(tokenizer, PlayerTemplate().messages(row)) for row in rows]
     with torch.random.fork_rng():

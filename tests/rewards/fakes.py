@@ -9,10 +9,10 @@ from typing import Any
 
 from urpo.args import SamplingArgs
 from urpo.data.schema import OpenRow, PreferenceRow, VerifiableRow
+from urpo.engines.base import RolloutBatch
 from urpo.episode import Episode
 from urpo.referee import RefereeTemplate
 from urpo.rewards.base import RewardContext
-from urpo.rollout import RolloutBatch
 
 _SHOWN = re.compile(r"\[Response ([A-Z])\]\n(.*?)\n\[End of Response \1\]", re.DOTALL)
 _QUALITY = re.compile(r"q=(-?\d+)")

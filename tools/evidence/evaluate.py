@@ -19,9 +19,9 @@ from tools.evidence.world import PLAYER, REFEREE, read_jsonl
 from urpo.boxed import last_boxed
 from urpo.data.formats import adapt_generic
 from urpo.data.schema import OpenRow, PreferenceRow
+from urpo.engines.hf_engine import complete
 from urpo.prompts import render_chat
 from urpo.referee_eval import evaluate_referee
-from urpo.rollout import complete
 
 
 @dataclass

@@ -22,10 +22,10 @@ import torch
 
 from tools.evidence.evaluate import answer_of
 from tools.evidence.world import read_jsonl
+from urpo.engines.hf_engine import HFGenerateEngine
 from urpo.episode import Episode
 from urpo.rewards.base import RewardContext, RewardResult
 from urpo.rewards.self_judge import SelfJudge
-from urpo.rollout import HFGenerateEngine
 
 MISSING_ANSWER_DISTANCE = 1000
 """True distance given to an answer without a readable ``\\boxed{}`` integer: worse than any real answer."""

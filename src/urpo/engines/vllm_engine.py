@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from urpo.args import SamplingArgs, VLLMArgs
+from urpo.engines.base import FinishReason, RolloutBatch
+from urpo.engines.hf_engine import _eos_ids
 from urpo.errors import ConfigError
-from urpo.rollout import FinishReason, RolloutBatch, _eos_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

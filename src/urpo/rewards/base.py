@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from urpo.args import SamplingArgs
+    from urpo.engines.base import RolloutEngine
     from urpo.referee import RefereeTemplate
-    from urpo.rollout import RolloutEngine
 
 
 @dataclass(frozen=True)

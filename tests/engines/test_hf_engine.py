@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from urpo.args import ModelArgs, SamplingArgs
+from urpo.engines.base import RolloutEngine
+from urpo.engines.hf_engine import HFGenerateEngine, _trim_completion, complete, generate_ids, left_pad
 from urpo.errors import ConfigError
 from urpo.models import load_model, load_tokenizer
 from urpo.prompts import render_chat
-from urpo.rollout import HFGenerateEngine, RolloutEngine, _trim_completion, complete, generate_ids, left_pad
 
 
 @pytest.fixture(scope="module")
