@@ -16,12 +16,9 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
-
-import torch
+from typing import Literal, get_args
 
 from urpo.errors import ConfigError
-from urpo.prompts import render_chat
 from urpo.ranking import (  # re-exported: part of the referee's public API
     Tiers,
     agreement,
@@ -31,13 +28,6 @@ from urpo.ranking import (  # re-exported: part of the referee's public API
     pairwise_accuracy,
     top1_correct,
 )
-from urpo.timing import timed
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-    from urpo.args import SamplingArgs
-    from urpo.engines.base import RolloutEngine
 
 MAX_LABELS = 26
 """Responses are labelled A..Z, so one judgment shows at most 26."""
@@ -453,58 +443,6 @@ def to_original(parsed: ParsedRanking, order: Sequence[int]) -> Tiers:
     return tuple(tuple(sorted(order[p] for p in tier)) for tier in parsed.tiers)
 
 
-# --- Judging with an engine, and reading verdicts back --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One judgment read back: a ranking over original response indices, or why there is none."""
-
-    tiers: Tiers | None
-    """The ranking over original indices, best tier first; None when the completion failed to parse."""
-    failure: str | None = None
-    """The :data:`~urpo.referee.ParseFailureReason` when ``tiers`` is None."""
-
-    @property
-    def parsed(self) -> bool:
-        return self.tiers is not None
-
-
-def read_verdict(template: RefereeTemplate, text: str, order: Sequence[int], prompt: str | None = None) -> Verdict:
-    """Parses ``text`` as a ranking of ``len(order)`` shown responses and maps it to original indices.
-
-    ``prompt`` is the judging prompt's text: ranking blocks the completion copies from it are not verdicts.
-    """
-    parsed = template.parse(text, len(order), prompt)
-    if isinstance(parsed, ParseFailure):
-        return Verdict(None, parsed.reason)
-    return Verdict(to_original(parsed, order))
-
-
-def prompt_text(messages: Sequence[dict[str, str]]) -> str:
-    """All text of a chat prompt, for telling an echo of the prompt from a verdict (:func:`read_verdict`)."""
-    return "\n".join(m["content"] for m in messages)
-
-
-def generate_judgments(
-    engine: RolloutEngine,
-    tokenizer: PreTrainedTokenizerBase,
-    messages: Sequence[list[dict[str, str]]],
-    n: int,
-    sampling: SamplingArgs,
-) -> list[str]:
-    """Renders judging tasks and samples ``n`` judgments of each with ``engine``, in ONE batched call.
-
-    Returns the texts prompt-major: prompt i's judgments are ``[i * n, (i + 1) * n)``. No call is made for no prompts.
-    """
-    if not messages:
-        return []
-    prompts = [render_chat(tokenizer, m) for m in messages]
-    # Judgments are never trained on (no_grad also covers engines that do not disable gradients).
-    with timed("judge"), torch.no_grad():
-        return list(engine.generate(prompts, n, sampling).texts)
-
-
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_REMINDER",
@@ -519,17 +457,13 @@ __all__ = [
     "RefereeTemplate",
     "Tiers",
     "TRUNCATION_MARKER",
-    "Verdict",
     "agreement",
     "borda_scores",
     "exact_match",
-    "generate_judgments",
     "is_echo",
     "kendall_tau",
     "pairwise_accuracy",
     "parse_ranking",
-    "prompt_text",
-    "read_verdict",
     "sanitize_response",
     "shuffled_order",
     "to_original",

@@ -30,7 +30,8 @@ from typing import Any
 from urpo.data.formats import ADAPTERS, record_subset
 from urpo.data.schema import PreferenceRow
 from urpo.errors import ConfigError, DataError
-from urpo.referee import PARSE_FAILURE_REASONS, RefereeTemplate, Verdict, pairwise_accuracy, read_verdict
+from urpo.judging import Verdict, read_verdict
+from urpo.referee import PARSE_FAILURE_REASONS, RefereeTemplate, pairwise_accuracy
 from urpo.rewards.preference import same_preferred
 
 PREFERENCE_ADAPTERS = ("alpaca_eval_annotations", "hh_rlhf", "rewardbench", "ultrafeedback", "generic")

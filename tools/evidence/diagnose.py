@@ -94,10 +94,10 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     from tools.evidence.world import REFEREE
     from urpo.args import ModelArgs
     from urpo.engines.hf_engine import complete
+    from urpo.judging import read_verdict
     from urpo.models import load_tokenizer
     from urpo.prompts import render_chat
     from urpo.ranking import pairwise_accuracy
-    from urpo.referee import read_verdict
     from urpo.referee_eval import judging_prompts
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)

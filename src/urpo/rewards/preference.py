@@ -20,17 +20,14 @@ import torch
 from urpo.args import run_seed
 from urpo.data.schema import RowKind
 from urpo.errors import ConfigError
+from urpo.judging import Verdict, generate_judgments, prompt_text, read_verdict
 from urpo.referee import (
     PARSE_FAILURE_REASONS,
     RefereeTemplate,
     Tiers,
-    Verdict,
     exact_match,
-    generate_judgments,
     kendall_tau,
     pairwise_accuracy,
-    prompt_text,
-    read_verdict,
     top1_correct,
 )
 from urpo.rewards.base import Episode, RewardCallback, RewardResult

@@ -22,7 +22,8 @@ import torch
 from urpo.args import run_seed
 from urpo.data.schema import RowKind
 from urpo.errors import ConfigError
-from urpo.referee import Verdict, borda_scores, pairwise_accuracy, read_verdict, shuffled_order
+from urpo.judging import Verdict, read_verdict
+from urpo.referee import borda_scores, pairwise_accuracy, shuffled_order
 from urpo.rewards.base import Episode, RewardCallback, RewardResult, combine_rewards
 from urpo.rewards.preference import as_rng_state, failure_metrics
 from urpo.timing import timed
