@@ -221,6 +221,13 @@ class SamplingArgs:
     """Sample among the k most likely tokens only (None: no limit)."""
     max_batch_size: int | None = None
     """Most sequences generated at once inside one engine call (None: all at once); bounds activation memory."""
+    shared_prefill: bool = True
+    """HF engine: run each distinct prompt of a call through the model once and sample its n continuations from
+    copies of that one KV cache, instead of prefilling the same prompt n times (a group's G completions, a
+    preference row's G judgments of one long referee prompt). The same tokens under the same seed, up to float
+    rounding; False is the plain ``generate`` on n copies. Models whose cache cannot be shared this way (encoder-
+    decoders, models without a ``Cache``, a static ``cache_implementation``) use the plain path and log why. vLLM
+    shares prompts through its prefix cache instead (``rollout.vllm``)."""
 
     def __post_init__(self) -> None:
         _check("sampling.max_new_tokens", self.max_new_tokens >= 1, ">= 1", self.max_new_tokens)
