@@ -113,6 +113,14 @@ def test_shared_prefill_samples_the_same_tokens_as_the_plain_path(engine, fresh_
     assert len({tuple(row) for row in runs[True]}) > (4 if temperature else 1)  # not one constant answer
 
 
+def test_one_token_prompts_are_padded_to_a_cacheable_width(engine, fresh_model):
+    """The shared cache covers all but the last prompt token, so a batch of one-token prompts gets one masked pad
+    (a rank's padding call under synced_gpus sends such a prompt)."""
+    for ids in ([[5], [5]], [[engine.tokenizer.pad_token_id]], [[5], [7]]):
+        plain = generate_ids(fresh_model, engine.tokenizer, ids, 5)
+        assert generate_ids(fresh_model, engine.tokenizer, ids, 5, shared_prefill=True) == plain
+
+
 def test_shared_prefill_gives_the_engine_the_same_batches_chunks_stops_and_lengths(engine, fresh_model):
     """Through the engine: chunks that split a group, finish reasons, prompt ids, and the checkpoint's length floor
     (``min_new_tokens`` in its generation_config, as tools/bench_trl.py sets it) behave as on the plain path."""

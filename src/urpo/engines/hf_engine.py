@@ -221,7 +221,8 @@ def _prefill_once(
     extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     cache = getattr(out, keyword)
-    cache.reorder_cache(torch.tensor(source_row, device=input_ids.device))  # [U, ...] -> [B, ...] copies
+    if len(rows) < len(prompt_ids):  # all prompts distinct (the referee's open-row judgments): nothing to copy
+        cache.reorder_cache(torch.tensor(source_row, device=input_ids.device))  # [U, ...] -> [B, ...] copies
     return cache
 
 
