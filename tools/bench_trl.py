@@ -473,6 +473,19 @@ def floors(model: Path, params: int, base: dict, limits: dict) -> dict:
 # ---- the run --------------------------------------------------------------------------------------------------------
 
 
+def in_own_process(task: dict):
+    """Run :func:`measure_limits` or :func:`build_model` in a child process and return its result."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(task)], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith(TAG))[len(TAG) :])
+
+
+def run_task(task: dict) -> None:
+    result = measure_limits() if task["task"] == "limits" else build_model(Path(task["folder"]), task["size"])
+    print(TAG + json.dumps(result), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, short completions: under 3 minutes")
@@ -494,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
+        if "task" in spec:
+            return run_task(spec)
         return run_trl(spec) if spec["engine"] == "trl" else run_urpo(spec)
 
     from importlib.util import find_spec
@@ -513,10 +528,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_all(args: argparse.Namespace, size: str, length: int, steps: int, work: Path) -> None:
     t0 = time.perf_counter()
-    limits = measure_limits()
+    # Both in processes of their own: Linux keeps a process's peak RSS across fork and exec, so a coordinator that
+    # had held the model or the bandwidth test's buffers would pass that peak on to every worker's ru_maxrss.
+    limits = in_own_process({"task": "limits"})
     where = machine(limits)
     print(f"  {where}", flush=True)
-    params = build_model(work / "model", size)
+    params = in_own_process({"task": "build", "folder": str(work / "model"), "size": size})
     base = {
         "model": str(work / "model"),
         "prompts": args.prompts,
