@@ -113,6 +113,22 @@ def test_shared_prefill_samples_the_same_tokens_as_the_plain_path(engine, fresh_
     assert len({tuple(row) for row in runs[True]}) > (4 if temperature else 1)  # not one constant answer
 
 
+def test_shared_prefill_through_lora_adapters(engine, fresh_model):
+    """A peft-wrapped policy (LoRA) takes the shared path too, and samples what the plain path samples."""
+    from urpo.args import LoraArgs
+    from urpo.lora import apply_lora
+
+    model = apply_lora(fresh_model, LoraArgs(r=4, init_lora_weights=False))  # random A and B: the adapters act
+    flat = grouped_ids(engine, 3)
+    runs = []
+    for shared in (False, True):
+        torch.manual_seed(4)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="urpo")
+            runs.append(generate_ids(model, engine.tokenizer, flat, 8, temperature=1.0, shared_prefill=shared))
+    assert runs[0] == runs[1]
+
+
 def test_one_token_prompts_are_padded_to_a_cacheable_width(engine, fresh_model):
     """The shared cache covers all but the last prompt token, so a batch of one-token prompts gets one masked pad
     (a rank's padding call under synced_gpus sends such a prompt)."""

@@ -180,7 +180,7 @@ def decoding_settings(temperature: float | None, top_p: float = 1.0, top_k: int 
     else:
         decoding = {"do_sample": False}
     known = _generation_config_keys()
-    return {key: value for key, value in {**neutral, **decoding}.items() if key in known or key == "do_sample"}
+    return {key: value for key, value in {**neutral, **decoding}.items() if key in known}  # keys of this version
 
 
 def shared_prefill_unsupported(model: PreTrainedModel) -> str | None:
