@@ -610,7 +610,7 @@ def format_floors(results: dict, floor: dict, base: dict) -> str:
         (
             f"This CPU's limits for the verifiable workload ({base['prompts']} x {base['g']} sequences of "
             f"{floor['prompt_tokens']:.0f} prompt + {base['length']} completion tokens): rollout >= "
-            f"{floor['rollout_s']:.2f} s (every weight read once per token step), update >= "
+            f"{floor['rollout_s']:.2f} s (every fp32 weight read once per token step), update >= "
             f"{floor['update_s']:.2f} s ({floor['update_tflop']:.2f} TFLOP of forward and backward at the measured "
             "matmul rate)."
         ),

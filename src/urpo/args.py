@@ -227,7 +227,7 @@ class SamplingArgs:
     preference row's G judgments of one long referee prompt). The same tokens under the same seed, up to float
     rounding; False is the plain ``generate`` on n copies. Models whose cache cannot be shared this way (encoder-
     decoders, models without a ``Cache``, a static ``cache_implementation``) use the plain path and log why. vLLM
-    shares prompts through its prefix cache instead (``rollout.vllm``)."""
+    shares prompts through its prefix cache instead (``rollout.vllm.enable_prefix_caching``)."""
 
     def __post_init__(self) -> None:
         _check("sampling.max_new_tokens", self.max_new_tokens >= 1, ">= 1", self.max_new_tokens)
