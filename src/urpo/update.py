@@ -20,8 +20,9 @@ import torch
 from urpo import metric_keys as keys
 from urpo.correction import correct
 from urpo.episode import TrainSequence
-from urpo.objective import entropy_from_logits, masked_mean, policy_loss
-from urpo.sequences import MicroBatch, collate, completion_logits, split_micro_batches, token_logprobs
+from urpo.logprobs import score_completions
+from urpo.objective import masked_mean, policy_loss
+from urpo.sequences import MicroBatch, collate, split_micro_batches
 
 if TYPE_CHECKING:
     from urpo.args import GRPOArgs, RolloutCorrectionArgs, SamplingArgs
@@ -93,9 +94,9 @@ class UpdatePlan:
         return self.batches[index], self.weights[index]
 
     @torch.no_grad()
-    def logprobs(self, model: torch.nn.Module, temperature: float) -> list[torch.Tensor]:
+    def logprobs(self, model: torch.nn.Module, temperature: float, chunk_tokens: int | None) -> list[torch.Tensor]:
         """Token log-probs of every micro-batch under ``model`` (old policy or reference), ``[B, C]`` each."""
-        return [token_logprobs(completion_logits(model, b, temperature), b.completion_ids) for b in self.batches]
+        return [score_completions(model, b, temperature, chunk_tokens).logprobs for b in self.batches]
 
 
 def _empty_sequence(pad_id: int) -> TrainSequence:
@@ -159,15 +160,15 @@ class Updater:
         )
         if plan.num_sequences == 0:
             return {keys.EMPTY_UPDATES: 1.0}  # every completion of the step lacked a reward, on every rank
-        temperature = self.sampling.temperature
+        temperature, chunk = self.sampling.temperature, grpo.logits_chunk_tokens
         if with_engine and self.correction.old_logprobs == "engine":
             old_logps = [batch.engine_logprobs for batch in plan.batches]
         else:
-            old_logps = plan.logprobs(self.policy, temperature) if grpo.num_iterations > 1 else None
+            old_logps = plan.logprobs(self.policy, temperature, chunk) if grpo.num_iterations > 1 else None
         ref_logps = None
         if grpo.beta > 0:
             with self.reference() as reference:
-                ref_logps = plan.logprobs(reference, temperature)
+                ref_logps = plan.logprobs(reference, temperature, chunk)
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}  # per key: padding micro-batches report no mismatch metrics
         for _ in range(grpo.num_iterations):
@@ -191,8 +192,8 @@ class Updater:
         """Forward and backward of one micro-batch; returns its statistics."""
         grpo, fix = self.grpo, self.correction
         batch, weight = plan.micro_batch(index)
-        logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
-        logp = token_logprobs(logits, batch.completion_ids)  # [B, C]
+        scores = score_completions(self.policy, batch, self.sampling.temperature, grpo.logits_chunk_tokens)
+        logp = scores.logprobs  # [B, C]
         old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
         ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
         engine = batch.engine_logprobs if weight > 0 else None  # [B, C]
@@ -234,7 +235,7 @@ class Updater:
             keys.CLIP_HIGH_FRAC: out.clip_high_frac.item(),
             keys.DUAL_CLIP_FRAC: out.dual_clip_frac.item(),
             keys.RATIO_MEAN: out.ratio_mean.item(),
-            keys.ENTROPY: entropy_of(logits, batch.completion_mask),
+            keys.ENTROPY: masked_mean(scores.entropy, batch.completion_mask).item(),
         }
         if out.kl is not None:
             stats[keys.KL] = out.kl.item() * weight
@@ -248,9 +249,3 @@ def zero_gradients(model: torch.nn.Module) -> None:
     for param in model.parameters():
         if param.requires_grad and param.grad is None:
             param.grad = torch.zeros_like(param)
-
-
-@torch.no_grad()
-def entropy_of(logits: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean entropy (nats) of the policy over completion tokens."""
-    return masked_mean(entropy_from_logits(logits.detach()), mask).item()
