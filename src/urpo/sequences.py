@@ -35,25 +35,40 @@ class MicroBatch:
 def split_micro_batches(
     sequences: Sequence[TrainSequence], max_tokens: int, max_sequences: int | None = None
 ) -> list[list[int]]:
-    """Group sequence indices into micro-batches whose padded size (count x longest) stays within ``max_tokens``.
+    """Group sequence indices into micro-batches whose padded size stays within ``max_tokens``.
 
-    Sequences keep their order; a single sequence longer than the budget still gets a micro-batch of its own.
+    The padded size of a micro-batch is its count times (longest prompt + longest completion), the layout of
+    :func:`collate`. Sequences are taken in order of length (prompt plus completion, then prompt, then position: the
+    same split on every run), so each micro-batch holds sequences of similar lengths and padding stays small; the
+    loss is normalised by the counts of the whole step, so the order changes no loss or gradient. A single sequence
+    longer than the budget still gets a micro-batch of its own.
     """
+    order = sorted(range(len(sequences)), key=lambda i: (_length(sequences[i]), len(sequences[i].prompt_ids), i))
     groups: list[list[int]] = []
     current: list[int] = []
-    longest = 0
-    for index, seq in enumerate(sequences):
-        length = len(seq.prompt_ids) + len(seq.completion_ids)
-        width = max(longest, length)
+    prompt = completion = 0  # the widths of the current micro-batch
+    for index in order:
+        seq = sequences[index]
+        wider = max(prompt, len(seq.prompt_ids)), max(completion, len(seq.completion_ids), 1)
         too_many = max_sequences is not None and len(current) >= max_sequences
-        if current and (width * (len(current) + 1) > max_tokens or too_many):
+        if current and (sum(wider) * (len(current) + 1) > max_tokens or too_many):
             groups.append(current)
-            current, width = [], length
+            current, wider = [], (len(seq.prompt_ids), max(len(seq.completion_ids), 1))
         current.append(index)
-        longest = width
+        prompt, completion = wider
     if current:
         groups.append(current)
     return groups
+
+
+def padding_share(batches: Sequence[MicroBatch]) -> tuple[int, int]:
+    """Token positions of ``batches`` that hold a real token, and all their positions (padding included)."""
+    real = sum(int(b.attention_mask.sum()) for b in batches)
+    return real, sum(b.input_ids.numel() for b in batches)
+
+
+def _length(seq: TrainSequence) -> int:
+    return len(seq.prompt_ids) + len(seq.completion_ids)
 
 
 def collate(sequences: Sequence[TrainSequence], pad_id: int, device: torch.device) -> MicroBatch:

@@ -22,7 +22,7 @@ from urpo.correction import correct
 from urpo.episode import TrainSequence
 from urpo.logprobs import score_completions
 from urpo.objective import masked_mean, policy_loss
-from urpo.sequences import MicroBatch, collate, split_micro_batches
+from urpo.sequences import MicroBatch, collate, padding_share, split_micro_batches
 
 if TYPE_CHECKING:
     from urpo.args import GRPOArgs, RolloutCorrectionArgs, SamplingArgs
@@ -52,6 +52,8 @@ class UpdatePlan:
     """Completion tokens of the whole step, summed over ranks."""
     num_sequences: float
     """Completions trained on in the whole step, summed over ranks."""
+    padding_frac: float = 0.0
+    """Share of the token positions of the step's real micro-batches (all ranks) that are padding."""
 
     @property
     def num_micro_batches(self) -> int:
@@ -74,13 +76,13 @@ class UpdatePlan:
 
         With ``engine_logprobs`` (the engine reported them) the padding micro-batches carry zeros in their place."""
         groups = split_micro_batches(sequences, max_tokens)
-        counted = sequences if counted is None else counted
-        local = torch.tensor(
-            [sum(len(s.completion_ids) for s in counted), len(counted)], dtype=torch.float64, device=ranks.device
-        )
-        tokens, count = ranks.sum(local).tolist()
-        num_micro = ranks.max(len(groups))
         batches = [collate([sequences[i] for i in group], pad_id, ranks.device) for group in groups]
+        counted = sequences if counted is None else counted
+        real, positions = padding_share(batches)
+        local = [sum(len(s.completion_ids) for s in counted), len(counted), real, positions]
+        local = torch.tensor(local, dtype=torch.float64, device=ranks.device)
+        tokens, count, real, positions = ranks.sum(local).tolist()  # one collective for all four
+        num_micro = ranks.max(len(groups))
         weights = [1.0] * len(batches)
         filler = batches[0] if batches else collate([_empty_sequence(pad_id)], pad_id, ranks.device)
         if engine_logprobs:
@@ -88,7 +90,7 @@ class UpdatePlan:
         while len(batches) < num_micro:
             batches.append(filler)
             weights.append(0.0)
-        return cls(batches, weights, tokens, count)
+        return cls(batches, weights, tokens, count, padding_frac=1.0 - real / positions if positions else 0.0)
 
     def micro_batch(self, index: int) -> tuple[MicroBatch, float]:
         return self.batches[index], self.weights[index]
@@ -180,10 +182,11 @@ class Updater:
             if plan.num_micro_batches == 0:
                 zero_gradients(self.policy)  # nothing to backpropagate: step on exact zeros, as a full update would
             totals[keys.GRAD_NORM] = self.optimizer_step()
-        metrics = {k: (v if k == keys.GRAD_NORM else v / counts[k]) for k, v in totals.items()}
+        metrics = {k: v / _divisor(k, counts.get(k, 1), grpo.num_iterations) for k, v in totals.items()}
         if plan.num_micro_batches == 0:  # every completion skipped: the loss was exactly zero (per-token stats: none)
             metrics.update({keys.LOSS: 0.0, keys.PG_LOSS: 0.0})
         metrics[keys.ZERO_ADVANTAGE_SKIPPED] = float(len(sequences) - len(trained))
+        metrics[keys.PADDING_FRAC] = plan.padding_frac
         return metrics
 
     def micro_step(
@@ -241,6 +244,18 @@ class Updater:
             stats[keys.KL] = out.kl.item() * weight
         stats.update(mismatch)
         return stats
+
+
+_SUMMED = frozenset({keys.LOSS, keys.PG_LOSS, keys.KL})
+"""Metrics that are micro-batches' contributions to the step's loss: their sum is the step's (this rank's) value."""
+
+
+def _divisor(key: str, count: int, iterations: int) -> int:
+    """What a metric's total over the micro-batches of all iterations is divided by: the number of optimizer steps
+    for loss contributions (so the logged loss does not depend on the micro-batch split), else its count."""
+    if key == keys.GRAD_NORM:  # the last optimizer step's
+        return 1
+    return iterations if key in _SUMMED else count
 
 
 def zero_gradients(model: torch.nn.Module) -> None:
