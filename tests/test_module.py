@@ -149,10 +149,13 @@ def _sequences(advantages: list[float]) -> list[TrainSequence]:
     ]
 
 
-def _attached_module(model_dir: str, optimizer, **grpo) -> URPOModule:
-    """A module with its policy, ``optimizer`` (a factory) and a Trainer attached, ready for ``update``."""
+def _attached_module(model_dir: str, optimizer, lora=None, **grpo) -> URPOModule:
+    """A module with its policy (with ``lora``: a ``LoraArgs``, adapters), ``optimizer`` (a factory) and a Trainer
+    attached, ready for ``update``."""
     L.seed_everything(0)
     module = make_module(model_dir, rewards=[ConstantReward(1.0)], max_grad_norm=None, **grpo)
+    if lora is not None:
+        module.policy_args = dataclasses.replace(module.policy_args, lora=lora)
     module.optimizer_factory = optimizer
     module.configure_model()
     fit = trainer(1)

@@ -98,8 +98,8 @@ def test_micro_batches_by_length_do_not_change_the_update_and_report_their_paddi
     """Micro-batches of sequences of similar lengths (a new order) give the update of one whole batch; the padded
     share of the positions run is reported, smaller when the split lets lengths be grouped."""
     steps = [_sequences([(-1) ** i * 0.5 * (1 + i % 3) for i in range(8)])]  # prompts of 1-3, completions of 2-9
-    whole = _update(tiny_model_dir, steps, max_tokens_per_micro_batch=10_000)
-    split = _update(tiny_model_dir, steps, max_tokens_per_micro_batch=30)
+    whole = _update(tiny_model_dir, steps, max_tokens_per_micro_batch=10_000, shared_prefix=False)
+    split = _update(tiny_model_dir, steps, max_tokens_per_micro_batch=30, shared_prefix=False)
     _assert_same_update(whole, split, ("train/loss", "train/pg_loss"))  # entropy: a mean of micro-batch means
     assert whole[1][0]["train/padding_frac"] == pytest.approx(1 - (15 + 44) / (8 * (3 + 9)))
     assert split[1][0]["train/padding_frac"] < whole[1][0]["train/padding_frac"] - 0.1

@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from urpo.objective import entropy_from_logits
-from urpo.sequences import MicroBatch, completion_logits, token_logprobs
+from urpo.sequences import MicroBatch, token_logprobs
+from urpo.shared_prefix import plain_forward, shared_prefix_forward
 
 _FALLBACK: weakref.WeakKeyDictionary[torch.nn.Module, str | None] = weakref.WeakKeyDictionary()
 """Per model: why its head cannot be applied in chunks (None: it can); settled on the model's first call."""
@@ -39,25 +40,35 @@ class CompletionScores:
 
 
 def score_completions(
-    model: torch.nn.Module, batch: MicroBatch, temperature: float = 1.0, chunk_tokens: int | None = None
+    model: torch.nn.Module,
+    batch: MicroBatch,
+    temperature: float = 1.0,
+    chunk_tokens: int | None = None,
+    shared_prefix: bool = False,
 ) -> CompletionScores:
     """Log-probs and entropy of ``batch``'s completion tokens under ``model``, at the sampling temperature.
 
     ``chunk_tokens``: completion tokens whose logits are computed at once (0 or None: all of them, the whole-logits
-    way).
+    way). ``shared_prefix``: run each distinct prompt once (:mod:`urpo.shared_prefix`; the caller checks that the
+    model supports it).
     """
+    forward = shared_prefix_forward if shared_prefix else plain_forward
     if not chunk_tokens or _FALLBACK.get(model, None) is not None:
-        return whole_scores(model, batch, temperature)
-    hidden, last_hidden, last_logits = _prediction_hidden(model, batch)  # [B, C, H], [B, H], [B, V]
+        return _from_logits(forward(model, batch, whole_logits=True).logits, batch, temperature)
+    states = forward(model, batch, whole_logits=False)
     head = model.get_output_embeddings()
-    if model not in _FALLBACK and not _head_is_linear(model, head, last_hidden, last_logits):
-        return whole_scores(model, batch, temperature)
-    return chunked_scores(head, hidden, batch.completion_ids, batch.completion_mask, temperature, chunk_tokens)
+    if model not in _FALLBACK and not _head_is_linear(model, head, states.last_hidden, states.last_logits):
+        return _from_logits(forward(model, batch, whole_logits=True).logits, batch, temperature)
+    return chunked_scores(head, states.hidden, batch.completion_ids, batch.completion_mask, temperature, chunk_tokens)
 
 
 def whole_scores(model: torch.nn.Module, batch: MicroBatch, temperature: float = 1.0) -> CompletionScores:
     """The whole-logits way: ``[B, C, V]`` fp32 logits at once."""
-    logits = completion_logits(model, batch, temperature)  # [B, C, V]
+    return _from_logits(plain_forward(model, batch, whole_logits=True).logits, batch, temperature)
+
+
+def _from_logits(logits: Tensor, batch: MicroBatch, temperature: float) -> CompletionScores:
+    logits = logits.float() / temperature if temperature != 1.0 else logits.float()  # [B, C, V]
     with torch.no_grad():
         entropy = entropy_from_logits(logits.detach())  # [B, C]
     return CompletionScores(token_logprobs(logits, batch.completion_ids), entropy)
@@ -121,22 +132,6 @@ def _chunk_scores(
 
 def _has_trainable(module: object) -> bool:
     return isinstance(module, torch.nn.Module) and any(p.requires_grad for p in module.parameters())
-
-
-def _prediction_hidden(model: torch.nn.Module, batch: MicroBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """Final hidden states that predict each completion token ``[B, C, H]``, the last position's hidden state
-    ``[B, H]`` and the model's logits of that position ``[B, V]`` (the only logits it computes)."""
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=1,
-        output_hidden_states=True,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1]  # [B, P + C, H], after the final norm
-    start, width = batch.prompt_width, batch.completion_ids.shape[1]
-    return hidden[:, start - 1 : start - 1 + width], hidden[:, -1], out.logits[:, -1]  # t predicts token t + 1
 
 
 @torch.no_grad()

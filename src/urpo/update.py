@@ -10,6 +10,8 @@ functions (:class:`Ranks` for the collectives, the backward pass and the optimiz
 from __future__ import annotations
 
 import dataclasses
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,9 +22,10 @@ import torch
 from urpo import metric_keys as keys
 from urpo.correction import correct
 from urpo.episode import TrainSequence
-from urpo.logprobs import score_completions
+from urpo.logprobs import CompletionScores, score_completions
 from urpo.objective import masked_mean, policy_loss
 from urpo.sequences import MicroBatch, collate, padding_share, split_micro_batches
+from urpo.shared_prefix import shared_prefix_support
 
 if TYPE_CHECKING:
     from urpo.args import GRPOArgs, RolloutCorrectionArgs, SamplingArgs
@@ -54,6 +57,8 @@ class UpdatePlan:
     """Completions trained on in the whole step, summed over ranks."""
     padding_frac: float = 0.0
     """Share of the token positions of the step's real micro-batches (all ranks) that are padding."""
+    shared_prefix: bool = False
+    """Each micro-batch runs its distinct prompts once (:mod:`urpo.shared_prefix`)."""
 
     @property
     def num_micro_batches(self) -> int:
@@ -69,16 +74,18 @@ class UpdatePlan:
         ranks: Ranks,
         counted: Sequence[TrainSequence] | None = None,
         engine_logprobs: bool = False,
+        shared_prefix: bool = False,
     ) -> UpdatePlan:
         """Micro-batches of ``sequences`` under a budget of ``max_tokens`` padded tokens each; the loss is normalised
         by the counts of ``counted`` (default: the same), which may hold more sequences: ones left out of the
         forward/backward because their gradient is zero.
 
-        With ``engine_logprobs`` (the engine reported them) the padding micro-batches carry zeros in their place."""
-        groups = split_micro_batches(sequences, max_tokens)
+        With ``engine_logprobs`` (the engine reported them) the padding micro-batches carry zeros in their place.
+        With ``shared_prefix`` the budget counts each distinct prompt of a micro-batch once."""
+        groups = split_micro_batches(sequences, max_tokens, shared_prefix=shared_prefix)
         batches = [collate([sequences[i] for i in group], pad_id, ranks.device) for group in groups]
         counted = sequences if counted is None else counted
-        real, positions = padding_share(batches)
+        real, positions = padding_share(batches, shared_prefix)
         local = [sum(len(s.completion_ids) for s in counted), len(counted), real, positions]
         local = torch.tensor(local, dtype=torch.float64, device=ranks.device)
         tokens, count, real, positions = ranks.sum(local).tolist()  # one collective for all four
@@ -90,7 +97,8 @@ class UpdatePlan:
         while len(batches) < num_micro:
             batches.append(filler)
             weights.append(0.0)
-        return cls(batches, weights, tokens, count, padding_frac=1.0 - real / positions if positions else 0.0)
+        padding = 1.0 - real / positions if positions else 0.0
+        return cls(batches, weights, tokens, count, padding_frac=padding, shared_prefix=shared_prefix)
 
     def micro_batch(self, index: int) -> tuple[MicroBatch, float]:
         return self.batches[index], self.weights[index]
@@ -98,7 +106,13 @@ class UpdatePlan:
     @torch.no_grad()
     def logprobs(self, model: torch.nn.Module, temperature: float, chunk_tokens: int | None) -> list[torch.Tensor]:
         """Token log-probs of every micro-batch under ``model`` (old policy or reference), ``[B, C]`` each."""
-        return [score_completions(model, b, temperature, chunk_tokens).logprobs for b in self.batches]
+        return [self.scores(model, b, temperature, chunk_tokens).logprobs for b in self.batches]
+
+    def scores(
+        self, model: torch.nn.Module, batch: MicroBatch, temperature: float, chunk_tokens: int | None
+    ) -> CompletionScores:
+        """Log-probs and entropy of one of the plan's micro-batches, run the plan's way (shared prefix or not)."""
+        return score_completions(model, batch, temperature, chunk_tokens, shared_prefix=self.shared_prefix)
 
 
 def _empty_sequence(pad_id: int) -> TrainSequence:
@@ -159,6 +173,7 @@ class Updater:
             ranks=self.ranks,
             counted=sequences,
             engine_logprobs=with_engine,
+            shared_prefix=grpo.shared_prefix and _supports_shared_prefix(self.policy),
         )
         if plan.num_sequences == 0:
             return {keys.EMPTY_UPDATES: 1.0}  # every completion of the step lacked a reward, on every rank
@@ -195,7 +210,7 @@ class Updater:
         """Forward and backward of one micro-batch; returns its statistics."""
         grpo, fix = self.grpo, self.correction
         batch, weight = plan.micro_batch(index)
-        scores = score_completions(self.policy, batch, self.sampling.temperature, grpo.logits_chunk_tokens)
+        scores = plan.scores(self.policy, batch, self.sampling.temperature, grpo.logits_chunk_tokens)
         logp = scores.logprobs  # [B, C]
         old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
         ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
@@ -244,6 +259,19 @@ class Updater:
             stats[keys.KL] = out.kl.item() * weight
         stats.update(mismatch)
         return stats
+
+
+_WARNED: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def _supports_shared_prefix(policy: torch.nn.Module) -> bool:
+    """Whether the policy can run the shared-prefix update; when not, says why once per policy and reason."""
+    reason = shared_prefix_support(policy)
+    if reason is not None and _WARNED.get(policy) != reason:
+        _WARNED[policy] = reason
+        message = f"urpo: grpo.shared_prefix is on but the update runs every prompt per completion: {reason}"
+        warnings.warn(message, stacklevel=3)
+    return reason is None
 
 
 _SUMMED = frozenset({keys.LOSS, keys.PG_LOSS, keys.KL})
