@@ -173,6 +173,17 @@ class GRPOArgs:
     """KL estimator: k1, k2 or k3 (Schulman, 'Approximating KL divergence', 2020); GRPO uses k3."""
     max_tokens_per_micro_batch: int = 8192
     """Token budget (sequences x padded length) of one forward/backward; bounds activation memory."""
+    logits_chunk_tokens: int | None = 1024
+    """Completion tokens whose logits (``tokens x vocabulary`` fp32) exist at once when the update computes log-probs
+    and entropy: the output head runs on the final hidden states in chunks of this many tokens, and each chunk's
+    logits are recomputed in backward, so a micro-batch never holds its whole ``[B, C, V]`` logits. Same values and
+    gradients; 0 or None: the whole logits at once (the old way, a little faster on small vocabularies)."""
+    shared_prefix: bool = True
+    """Run each distinct prompt of a micro-batch through the model once, its KV cache serving all the completions that
+    continue it (in the update's forward and backward, and the reference and old-policy forwards): G completions of a
+    prompt no longer recompute it G times. Same loss and gradients as running every prompt + completion whole. Models
+    that cannot (sliding-window or recurrent layers, attention other than sdpa/eager, activation checkpointing, which
+    drops the cache) run the plain way, with a warning saying why. False: always the plain way."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
     preference_orders: PreferenceOrders = "mirrored"
@@ -203,6 +214,8 @@ class GRPOArgs:
         _check("grpo.max_grad_norm", norm is None or norm > 0, "> 0 or None", norm)
         budget = self.max_tokens_per_micro_batch
         _check("grpo.max_tokens_per_micro_batch", budget >= 1, ">= 1", budget)
+        chunk = self.logits_chunk_tokens
+        _check("grpo.logits_chunk_tokens", chunk is None or chunk >= 0, ">= 0 or None", chunk)
         stalled = self.max_stalled_steps
         _check("grpo.max_stalled_steps", stalled is None or stalled >= 1, ">= 1 or None", stalled)
 

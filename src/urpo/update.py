@@ -10,6 +10,8 @@ functions (:class:`Ranks` for the collectives, the backward pass and the optimiz
 from __future__ import annotations
 
 import dataclasses
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,8 +22,10 @@ import torch
 from urpo import metric_keys as keys
 from urpo.correction import correct
 from urpo.episode import TrainSequence
-from urpo.objective import entropy_from_logits, masked_mean, policy_loss
-from urpo.sequences import MicroBatch, collate, completion_logits, split_micro_batches, token_logprobs
+from urpo.logprobs import CompletionScores, score_completions
+from urpo.objective import masked_mean, policy_loss
+from urpo.sequences import MicroBatch, collate, padding_share, split_micro_batches
+from urpo.shared_prefix import shared_prefix_support
 
 if TYPE_CHECKING:
     from urpo.args import GRPOArgs, RolloutCorrectionArgs, SamplingArgs
@@ -51,6 +55,10 @@ class UpdatePlan:
     """Completion tokens of the whole step, summed over ranks."""
     num_sequences: float
     """Completions trained on in the whole step, summed over ranks."""
+    padding_frac: float = 0.0
+    """Share of the token positions of the step's real micro-batches (all ranks) that are padding."""
+    shared_prefix: bool = False
+    """Each micro-batch runs its distinct prompts once (:mod:`urpo.shared_prefix`)."""
 
     @property
     def num_micro_batches(self) -> int:
@@ -66,20 +74,22 @@ class UpdatePlan:
         ranks: Ranks,
         counted: Sequence[TrainSequence] | None = None,
         engine_logprobs: bool = False,
+        shared_prefix: bool = False,
     ) -> UpdatePlan:
         """Micro-batches of ``sequences`` under a budget of ``max_tokens`` padded tokens each; the loss is normalised
         by the counts of ``counted`` (default: the same), which may hold more sequences: ones left out of the
         forward/backward because their gradient is zero.
 
-        With ``engine_logprobs`` (the engine reported them) the padding micro-batches carry zeros in their place."""
-        groups = split_micro_batches(sequences, max_tokens)
-        counted = sequences if counted is None else counted
-        local = torch.tensor(
-            [sum(len(s.completion_ids) for s in counted), len(counted)], dtype=torch.float64, device=ranks.device
-        )
-        tokens, count = ranks.sum(local).tolist()
-        num_micro = ranks.max(len(groups))
+        With ``engine_logprobs`` (the engine reported them) the padding micro-batches carry zeros in their place.
+        With ``shared_prefix`` the budget counts each distinct prompt of a micro-batch once."""
+        groups = split_micro_batches(sequences, max_tokens, shared_prefix=shared_prefix)
         batches = [collate([sequences[i] for i in group], pad_id, ranks.device) for group in groups]
+        counted = sequences if counted is None else counted
+        real, positions = padding_share(batches, shared_prefix)
+        local = [sum(len(s.completion_ids) for s in counted), len(counted), real, positions]
+        local = torch.tensor(local, dtype=torch.float64, device=ranks.device)
+        tokens, count, real, positions = ranks.sum(local).tolist()  # one collective for all four
+        num_micro = ranks.max(len(groups))
         weights = [1.0] * len(batches)
         filler = batches[0] if batches else collate([_empty_sequence(pad_id)], pad_id, ranks.device)
         if engine_logprobs:
@@ -87,15 +97,22 @@ class UpdatePlan:
         while len(batches) < num_micro:
             batches.append(filler)
             weights.append(0.0)
-        return cls(batches, weights, tokens, count)
+        padding = 1.0 - real / positions if positions else 0.0
+        return cls(batches, weights, tokens, count, padding_frac=padding, shared_prefix=shared_prefix)
 
     def micro_batch(self, index: int) -> tuple[MicroBatch, float]:
         return self.batches[index], self.weights[index]
 
     @torch.no_grad()
-    def logprobs(self, model: torch.nn.Module, temperature: float) -> list[torch.Tensor]:
+    def logprobs(self, model: torch.nn.Module, temperature: float, chunk_tokens: int | None) -> list[torch.Tensor]:
         """Token log-probs of every micro-batch under ``model`` (old policy or reference), ``[B, C]`` each."""
-        return [token_logprobs(completion_logits(model, b, temperature), b.completion_ids) for b in self.batches]
+        return [self.scores(model, b, temperature, chunk_tokens).logprobs for b in self.batches]
+
+    def scores(
+        self, model: torch.nn.Module, batch: MicroBatch, temperature: float, chunk_tokens: int | None
+    ) -> CompletionScores:
+        """Log-probs and entropy of one of the plan's micro-batches, run the plan's way (shared prefix or not)."""
+        return score_completions(model, batch, temperature, chunk_tokens, shared_prefix=self.shared_prefix)
 
 
 def _empty_sequence(pad_id: int) -> TrainSequence:
@@ -156,18 +173,19 @@ class Updater:
             ranks=self.ranks,
             counted=sequences,
             engine_logprobs=with_engine,
+            shared_prefix=grpo.shared_prefix and _supports_shared_prefix(self.policy),
         )
         if plan.num_sequences == 0:
             return {keys.EMPTY_UPDATES: 1.0}  # every completion of the step lacked a reward, on every rank
-        temperature = self.sampling.temperature
+        temperature, chunk = self.sampling.temperature, grpo.logits_chunk_tokens
         if with_engine and self.correction.old_logprobs == "engine":
             old_logps = [batch.engine_logprobs for batch in plan.batches]
         else:
-            old_logps = plan.logprobs(self.policy, temperature) if grpo.num_iterations > 1 else None
+            old_logps = plan.logprobs(self.policy, temperature, chunk) if grpo.num_iterations > 1 else None
         ref_logps = None
         if grpo.beta > 0:
             with self.reference() as reference:
-                ref_logps = plan.logprobs(reference, temperature)
+                ref_logps = plan.logprobs(reference, temperature, chunk)
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}  # per key: padding micro-batches report no mismatch metrics
         for _ in range(grpo.num_iterations):
@@ -179,10 +197,11 @@ class Updater:
             if plan.num_micro_batches == 0:
                 zero_gradients(self.policy)  # nothing to backpropagate: step on exact zeros, as a full update would
             totals[keys.GRAD_NORM] = self.optimizer_step()
-        metrics = {k: (v if k == keys.GRAD_NORM else v / counts[k]) for k, v in totals.items()}
+        metrics = {k: v / _divisor(k, counts.get(k, 1), grpo.num_iterations) for k, v in totals.items()}
         if plan.num_micro_batches == 0:  # every completion skipped: the loss was exactly zero (per-token stats: none)
             metrics.update({keys.LOSS: 0.0, keys.PG_LOSS: 0.0})
         metrics[keys.ZERO_ADVANTAGE_SKIPPED] = float(len(sequences) - len(trained))
+        metrics[keys.PADDING_FRAC] = plan.padding_frac
         return metrics
 
     def micro_step(
@@ -191,8 +210,8 @@ class Updater:
         """Forward and backward of one micro-batch; returns its statistics."""
         grpo, fix = self.grpo, self.correction
         batch, weight = plan.micro_batch(index)
-        logits = completion_logits(self.policy, batch, self.sampling.temperature)  # [B, C, V]
-        logp = token_logprobs(logits, batch.completion_ids)  # [B, C]
+        scores = plan.scores(self.policy, batch, self.sampling.temperature, grpo.logits_chunk_tokens)
+        logp = scores.logprobs  # [B, C]
         old = old_logps[index] if old_logps is not None else logp.detach()  # [B, C]
         ref = ref_logps[index] if ref_logps is not None else None  # [B, C]
         engine = batch.engine_logprobs if weight > 0 else None  # [B, C]
@@ -234,12 +253,37 @@ class Updater:
             keys.CLIP_HIGH_FRAC: out.clip_high_frac.item(),
             keys.DUAL_CLIP_FRAC: out.dual_clip_frac.item(),
             keys.RATIO_MEAN: out.ratio_mean.item(),
-            keys.ENTROPY: entropy_of(logits, batch.completion_mask),
+            keys.ENTROPY: masked_mean(scores.entropy, batch.completion_mask).item(),
         }
         if out.kl is not None:
             stats[keys.KL] = out.kl.item() * weight
         stats.update(mismatch)
         return stats
+
+
+_WARNED: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def _supports_shared_prefix(policy: torch.nn.Module) -> bool:
+    """Whether the policy can run the shared-prefix update; when not, says why once per policy and reason."""
+    reason = shared_prefix_support(policy)
+    if reason is not None and _WARNED.get(policy) != reason:
+        _WARNED[policy] = reason
+        message = f"urpo: grpo.shared_prefix is on but the update runs every prompt per completion: {reason}"
+        warnings.warn(message, stacklevel=3)
+    return reason is None
+
+
+_SUMMED = frozenset({keys.LOSS, keys.PG_LOSS, keys.KL})
+"""Metrics that are micro-batches' contributions to the step's loss: their sum is the step's (this rank's) value."""
+
+
+def _divisor(key: str, count: int, iterations: int) -> int:
+    """What a metric's total over the micro-batches of all iterations is divided by: the number of optimizer steps
+    for loss contributions (so the logged loss does not depend on the micro-batch split), else its count."""
+    if key == keys.GRAD_NORM:  # the last optimizer step's
+        return 1
+    return iterations if key in _SUMMED else count
 
 
 def zero_gradients(model: torch.nn.Module) -> None:
@@ -248,9 +292,3 @@ def zero_gradients(model: torch.nn.Module) -> None:
     for param in model.parameters():
         if param.requires_grad and param.grad is None:
             param.grad = torch.zeros_like(param)
-
-
-@torch.no_grad()
-def entropy_of(logits: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean entropy (nats) of the policy over completion tokens."""
-    return masked_mean(entropy_from_logits(logits.detach()), mask).item()

@@ -17,15 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fixed_sequences(step: int, vocab: int, count: int = 8) -> list[TrainSequence]:
     """The global batch of hand-made completions of a step (by global step, which a resume restores; the epoch
-    counter is not restored the same way): varied lengths, advantages of both signs."""
+    counter is not restored the same way): varied lengths, advantages of both signs, two completions per prompt."""
     generator = torch.Generator().manual_seed(step)
-    sequences = []
+    sequences, prompts = [], {}
     for index in range(count):
-        prompt_len = int(torch.randint(3, 12, (1,), generator=generator))
+        # Sequences i and i + 2 share a prompt, as a group's completions do; split between two ranks (global[r::2]),
+        # each rank still holds both of a pair, so the shared-prefix update runs each prompt once on every rank.
+        group = (index // 4, index % 2)
+        if group not in prompts:
+            prompt_len = int(torch.randint(3, 12, (1,), generator=generator))
+            prompts[group] = torch.randint(3, vocab, (prompt_len,), generator=generator).tolist()
         completion_len = int(torch.randint(1, 24, (1,), generator=generator))
-        ids = torch.randint(3, vocab, (prompt_len + completion_len,), generator=generator).tolist()
+        completion = torch.randint(3, vocab, (completion_len,), generator=generator).tolist()
         advantage = float(torch.randn((), generator=generator))
-        sequences.append(TrainSequence(ids[:prompt_len], ids[prompt_len:], advantage, index, 0))
+        sequences.append(TrainSequence(prompts[group], completion, advantage, index, 0))
     return sequences
 
 

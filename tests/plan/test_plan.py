@@ -110,13 +110,18 @@ def test_eight_bit_optimizer_quarters_the_states(tiny_model_dir):
 
 
 def test_micro_batch_budget_and_checkpointing_bound_the_update(tiny_model_dir):
-    def update(**grpo_and_more) -> float:
-        grpo = {"num_generations": 4, "max_tokens_per_micro_batch": grpo_and_more.pop("budget")}
+    def update(chunk=None, **grpo_and_more) -> float:
+        budget = grpo_and_more.pop("budget")
+        grpo = {"num_generations": 4, "max_tokens_per_micro_batch": budget, "logits_chunk_tokens": chunk}
         plan = plan_of(tiny_config(tiny_model_dir, grpo=grpo, **grpo_and_more))[1]
         return plan.phase_total("update") - plan.term("CPU kernel workspaces").bytes  # a constant of every phase
 
     assert update(budget=4096) > 3 * update(budget=1024)
     assert update(budget=4096, policy={"gradient_checkpointing": True}) < update(budget=4096)
+    # Logits in chunks: a chunk's logits, not the micro-batch's, whatever the budget.
+    assert update(budget=4096, chunk=64) < update(budget=4096)
+    setup, chunked = plan_of(tiny_config(tiny_model_dir, grpo={"num_generations": 4, "logits_chunk_tokens": 64}))
+    assert chunked.term("logits, one micro-batch").bytes == 5 * 64 * model_facts(setup.model).vocab * 4
 
 
 def test_vllm_engine_holds_its_weights_and_kv_cache_instead_of_hf_generation(tiny_model_dir):

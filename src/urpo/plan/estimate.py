@@ -12,9 +12,10 @@ saves for backward: the two RMSNorms keep an fp32 copy of their input and of the
 compute-dtype tensors (24 h bytes together); attention keeps q, k and v (k and v repeated to all heads when a padding
 mask is passed), its output and the o_proj input (5 h); the SwiGLU MLP keeps gate, silu(gate), up and their
 product (4 i). Gradient checkpointing keeps one residual-stream tensor (h) per layer and recomputes one layer at a
-time. Logits of a micro-batch are fp32 ``[sequences, completion tokens, vocab]``, with up to five copies alive at once
-(the logits saved for backward, the entropy metric's log-softmax and softmax in forward; logsumexp's and gather's
-gradients and their sum in backward).
+time. Logits of a micro-batch are fp32 ``[completion tokens, vocab]`` for at most ``grpo.logits_chunk_tokens`` tokens
+at once (the update applies the head in chunks, recomputed in backward), with up to five copies of a chunk alive at
+once (the logits, the entropy metric's log-softmax and softmax in forward; logsumexp's and gather's gradients and
+their sum in backward).
 """
 
 from __future__ import annotations
@@ -155,20 +156,44 @@ class Shapes:
     def sequence(self) -> int:
         return self.prompt + self.completion
 
+    micro_prompts: int = 0
+    """Distinct prompts a micro-batch runs with the shared-prefix update (0: it runs every sequence whole)."""
+
     @property
     def micro_tokens(self) -> int:
+        """Token positions one micro-batch's forward runs."""
+        if self.micro_prompts:
+            return self.micro_prompts * self.prompt + self.micro_sequences * self.completion
         return self.micro_sequences * self.sequence
+
+
+def shared_prefix_runs(setup: RunSetup) -> bool:
+    """Whether the update runs each distinct prompt once (urpo.shared_prefix): on, unless activation checkpointing,
+    which drops the KV cache of training forwards, makes it run plain."""
+    return setup.grpo.shared_prefix and not setup.checkpointing
+
+
+def _micro_batch_shape(setup: RunSetup, prompt: int, completion: int) -> tuple[int, int]:
+    """Sequences and distinct prompts (0: not shared) of a full micro-batch under the token budget; shared, its
+    sequences come G to a prompt, so m sequences run ceil(m / G) prompts."""
+    budget, g = setup.grpo.max_tokens_per_micro_batch, setup.grpo.num_generations
+    if not shared_prefix_runs(setup):
+        return max(1, budget // (prompt + completion)), 0
+    micro = min(max(1, budget // max(1, prompt // g + completion)), setup.batch_size * g)  # no more than the step's
+    while micro > 1 and math.ceil(micro / g) * prompt + micro * completion > budget:
+        micro -= 1
+    return micro, math.ceil(micro / g)
 
 
 def shapes(setup: RunSetup) -> Shapes:
     prompt, completion = setup.prompt_tokens, setup.sampling.max_new_tokens
     g = setup.grpo.num_generations
-    micro = max(1, setup.grpo.max_tokens_per_micro_batch // (prompt + completion))
+    micro, micro_prompts = _micro_batch_shape(setup, prompt, completion)
     players = setup.batch_size * g
     cap = setup.sampling.max_batch_size or players
     judge = setup.judge
     if judge is None:
-        return Shapes(prompt, completion, micro, players, min(players, cap), 0, 0, 0, 0)
+        return Shapes(prompt, completion, micro, players, min(players, cap), 0, 0, 0, 0, micro_prompts)
     # SelfJudge halves the answers shown per prompt until the prompt fits its budget (never below 2).
     per_chunk = min(judge.chunk_size or g, g)
     while (
@@ -191,6 +216,7 @@ def shapes(setup: RunSetup) -> Shapes:
         judge_prompt,
         judge_completion,
         min(prompts, cap),
+        micro_prompts,
     )
 
 
@@ -346,7 +372,15 @@ def activation_bytes(setup: RunSetup, facts: ModelFacts, checkpointing: bool) ->
         stored = facts.num_layers * tokens * facts.hidden * residual_bytes(setup, facts) + tokens * per_layer
     else:
         stored = facts.num_layers * tokens * per_layer
+    if s.micro_prompts:  # the prompts' keys and values gathered to every row, and repeated to all heads
+        stored += facts.num_layers * s.micro_sequences * s.prompt * 4 * facts.hidden * b
     return stored + backward
+
+
+def _micro_batch_text(s: Shapes) -> str:
+    if s.micro_prompts:
+        return f"{s.micro_prompts} prompts x {s.prompt} + {s.micro_sequences} completions x {s.completion} tok"
+    return f"{s.micro_sequences} seq x {s.sequence} tok"
 
 
 def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
@@ -379,20 +413,23 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
         Term(
             "activations, one micro-batch",
             used,
-            f"{s.micro_sequences} seq x {s.sequence} tok, {'with' if setup.checkpointing else 'without'} gradient "
+            f"{_micro_batch_text(s)}, {'with' if setup.checkpointing else 'without'} gradient "
             f"checkpointing ({'without' if setup.checkpointing else 'with'}: {other / GB:.2f} GB)",
             update,
         )
     )
     completion = s.micro_sequences * s.completion
-    logits = LOGIT_COPIES * completion * facts.vocab * 4
+    chunk = setup.grpo.logits_chunk_tokens
+    at_once = min(completion, chunk) if chunk else completion  # grpo.logits_chunk_tokens: the head runs in chunks
+    logits = LOGIT_COPIES * at_once * facts.vocab * 4
     if b != 4:
-        logits += s.micro_sequences * (s.completion + 1) * facts.vocab * b
+        logits += at_once * facts.vocab * b
+    how = f"chunks of {at_once} of {completion}" if at_once < completion else f"{completion}"
     terms.append(
         Term(
             "logits, one micro-batch",
             logits,
-            f"{completion} completion tok x {facts.vocab} x 4 B x {LOGIT_COPIES} copies",
+            f"{how} completion tok x {facts.vocab} x 4 B x {LOGIT_COPIES} copies",
             update,
         )
     )
@@ -419,9 +456,11 @@ def step_time(setup: RunSetup, facts: ModelFacts, tflops: float, bandwidth_gbs: 
     (recomputation, old log-probs, reference) and 2·N·tokens for generation; attention FLOPs are left out."""
     s, n = shapes(setup), facts.params
     tokens = s.player_sequences * s.sequence
+    # With the shared-prefix update each of the batch's prompts is trained on once, not G times.
+    trained = s.player_sequences * s.completion + setup.batch_size * s.prompt if s.micro_prompts else tokens
     per_pass = (4 if setup.lora is not None else 6) + (2 if setup.checkpointing else 0)
-    train = per_pass * n * tokens * setup.grpo.num_iterations
-    train += 2 * n * tokens * ((setup.grpo.num_iterations > 1) + (setup.grpo.beta > 0))
+    train = per_pass * n * trained * setup.grpo.num_iterations
+    train += 2 * n * trained * ((setup.grpo.num_iterations > 1) + (setup.grpo.beta > 0))
     generate = 2 * n * (tokens + s.judge_prompts * (s.judge_prompt + s.judge_completion))
     floor = None
     if bandwidth_gbs:

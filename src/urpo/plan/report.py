@@ -101,7 +101,7 @@ def describe_run(setup: RunSetup, facts: ModelFacts) -> list[str]:
         f"{'on' if setup.checkpointing else 'off'}, engine {setup.engine}",
         f"step:   {setup.batch_size} prompts x G={setup.grpo.num_generations} = {s.player_sequences} sequences "
         "a rank of "
-        f"<= {s.prompt} + {s.completion} tokens; micro-batches of {s.micro_sequences} x {s.sequence} tokens "
+        f"<= {s.prompt} + {s.completion} tokens; micro-batches of {_micro_batches(s)} "
         f"(budget {setup.grpo.max_tokens_per_micro_batch})",
     ]
     if s.judge_prompts:
@@ -225,3 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if not fits:
         raise SystemExit(1)
     return 0
+
+
+def _micro_batches(s) -> str:
+    """A full micro-batch: sequences x length, or with the shared-prefix update its prompts and completions."""
+    if s.micro_prompts:
+        return f"{s.micro_sequences} completions on {s.micro_prompts} shared prompts ({s.micro_tokens} tokens)"
+    return f"{s.micro_sequences} x {s.sequence} tokens"
