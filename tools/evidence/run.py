@@ -134,7 +134,9 @@ def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLC
     world, warm, rl = WorldConfig(), WarmStartConfig(steps=args.warm_steps), RLConfig(steps=args.steps)
     if args.smoke:
         # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
-        warm = replace(warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0)
+        warm = replace(
+            warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0, target_verdicts=0.0
+        )
         rl = replace(rl, steps=min(args.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
     return world, warm, rl
 
