@@ -1,15 +1,25 @@
 """urpo against TRL's GRPOTrainer: same model, prompts, G, completion length and CPU, steps interleaved.
 
     python tools/bench_trl.py --quick              # tiny model, < 3 minutes
-    python tools/bench_trl.py --size 100m          # ~100M-parameter Qwen2 (hidden 768, 12 layers, vocab 32k)
+    python tools/bench_trl.py                      # the issue's workload: ~100M Qwen2, 4 prompts x G=8 x 64 tokens
+    python tools/bench_trl.py --configs hf-32,hfplain-32,urpo3hf-32,urpo3hfplain-32 --without-trl
 
-Needs TRL 1.16 (``pip install 'urpo[baseline]'``) and, for the vLLM rows, the ``vllm`` extra (docs/rollout.md).
-Every configuration runs in its own process, so its peak RSS (``ru_maxrss``) is its own. Each urpo configuration is
-paired with a TRL process of the same precision, and the two take turns, one step each, while the other waits: both
-see the same machine load, and neither competes with the other for the cores. The first step of each is a warm-up
-and is not timed; step times are medians. Both sample exactly ``--length`` tokens per completion
-(``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work. A benchmark, not a
-test: it prints figures and asserts nothing.
+Needs TRL 1.16 (``pip install 'urpo[baseline]'``; without it, ``--without-trl`` runs the urpo side alone) and, for
+the vLLM rows, the ``vllm`` extra (docs/rollout.md). Every configuration runs in its own process, so its peak RSS
+(``ru_maxrss``) is its own. Each urpo configuration is paired with a TRL process of the same precision (without TRL:
+all urpo configurations of a precision form one group), and a group's processes take turns, one step each, while
+the others wait: all see the same machine load, and none competes with another for the cores. The first step of
+each is a warm-up and is not timed; step times are medians. urpo and TRL sample exactly ``--length`` tokens per
+completion (``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work.
+
+Configurations (``--configs``, ENGINE-PRECISION): ``hf`` and ``vllm`` train on verifiable rows, as TRL does;
+``hfplain`` is ``hf`` with ``sampling.shared_prefill`` off (each prompt prefilled G times: urpo before the shared
+prefill); ``urpo3`` (vLLM), ``urpo3hf`` and ``urpo3hfplain`` (HF) run URPO's step of all three kinds: every 4-row
+block is 2 verifiable rows, 1 preference row of N = 4 responses of ~150 tokens each (a long referee prompt, judged
+G times and trained on) and 1 open row (its G answers judged by the policy). Each row of the table gives the phases
+of a step (rollout, the referee's judging, update), peak RSS, and the step beside this CPU's limits, which the tool
+measures first: its fp32 matrix-product rate (GFLOP/s) and memory bandwidth (GB/s). A benchmark, not a test: it
+prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -74,21 +84,27 @@ def build_model(folder: Path, size: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def bench_rows(count: int, three_kinds: bool = False) -> list:
-    """Verifiable arithmetic rows; with ``three_kinds`` every 4-row block is 2 verifiable, 1 preference, 1 open."""
+REFEREE_RESPONSES = 4  # N responses of a preference row
+RESPONSE_TOKENS = 150  # about this many tokens each: the referee prompt carries all N
+
+
+def bench_rows(count: int, three_kinds: bool = False, tokenizer=None) -> list:
+    """Verifiable arithmetic rows; with ``three_kinds`` every 4-row block is 2 verifiable, 1 preference (N = 4
+    responses of ~150 tokens of ``tokenizer``), 1 open."""
     from urpo.data.schema import OpenRow, PreferenceRow, VerifiableRow
 
     rows = []
     for i in range(count):
         a, b = i % 30, (7 * i) % 30
         if three_kinds and i % 4 == 2:
+            answers = [a + b + k for k in range(REFEREE_RESPONSES)]
             rows.append(
                 PreferenceRow(
                     source="bench",
                     index=i,
-                    prompt=f"What is {a} + {b}?",
-                    responses=(f"It is {a + b}.", f"It is {a + b + 1}."),
-                    scores=(1.0, 0.0),
+                    prompt=f"What is {a} + {b}? Explain each step.",
+                    responses=tuple(long_response(a, b, answer, tokenizer) for answer in answers),
+                    scores=tuple(float(-k) for k in range(REFEREE_RESPONSES)),  # the correct sum is best
                 )
             )
         elif three_kinds and i % 4 == 3:
@@ -96,6 +112,21 @@ def bench_rows(count: int, three_kinds: bool = False) -> list:
         else:
             rows.append(VerifiableRow(source="bench", index=i, prompt=f"What is {a} + {b}?", answer=str(a + b)))
     return rows
+
+
+def long_response(a: int, b: int, answer: int, tokenizer) -> str:
+    """A worked answer of about RESPONSE_TOKENS tokens of ``tokenizer`` (words counted when it is None)."""
+    steps = [
+        f"We add {a} and {b}.",
+        f"Start from {a} and count up {b} more.",
+        f"Tens first: {a // 10 * 10} plus {b // 10 * 10}; then the units, {a % 10} plus {b % 10}.",
+        f"Put the two parts together and check the result against {a} plus {b} once more.",
+    ]
+    text, k = "", 0
+    while (len(tokenizer(text)["input_ids"]) if tokenizer else len(text.split())) < RESPONSE_TOKENS:
+        text += steps[k % len(steps)] + " "
+        k += 1
+    return text + f"So the answer is {answer}."
 
 
 def answer_reward(text: str, answer: str) -> float:
@@ -134,6 +165,7 @@ def _wait_for_go() -> None:
 def run_urpo(spec: dict) -> None:
     import lightning as L
     import torch
+    from transformers import AutoTokenizer
 
     from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, RolloutArgs, SamplingArgs, VLLMArgs
     from urpo.module import URPOModule
@@ -164,17 +196,18 @@ def run_urpo(spec: dict) -> None:
         PolicyArgs(spec["model"]),
         rewards=rewards,
         grpo=GRPOArgs(num_generations=spec["g"]),
-        sampling=SamplingArgs(max_new_tokens=spec["length"]),
+        sampling=SamplingArgs(max_new_tokens=spec["length"], shared_prefill=spec["shared_prefill"]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
         rollout=RolloutArgs(
             engine=spec["engine"],
             vllm=VLLMArgs(
-                kv_cache_memory_bytes=256 << 20, max_model_len=1024, sampling_kwargs={"min_tokens": spec["length"]}
+                kv_cache_memory_bytes=256 << 20, max_model_len=2048, sampling_kwargs={"min_tokens": spec["length"]}
             ),
         ),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
     )
-    rows = bench_rows(spec["prompts"] * spec["steps"], spec["three_kinds"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    rows = bench_rows(spec["prompts"] * spec["steps"], spec["three_kinds"], tokenizer)
     batches = [rows[i : i + spec["prompts"]] for i in range(0, len(rows), spec["prompts"])]
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
     trainer = L.Trainer(
@@ -260,6 +293,24 @@ def run_trl(spec: dict) -> None:
 
 # ---- the coordinator ------------------------------------------------------------------------------------------------
 
+CONFIGS = {  # ENGINE part of --configs: what the urpo worker runs
+    "hf": {"engine": "hf", "three_kinds": False, "shared_prefill": True},
+    "hfplain": {"engine": "hf", "three_kinds": False, "shared_prefill": False},
+    "vllm": {"engine": "vllm", "three_kinds": False, "shared_prefill": True},
+    "urpo3": {"engine": "vllm", "three_kinds": True, "shared_prefill": True},
+    "urpo3hf": {"engine": "hf", "three_kinds": True, "shared_prefill": True},
+    "urpo3hfplain": {"engine": "hf", "three_kinds": True, "shared_prefill": False},
+}
+NAMES = {
+    "hf": "urpo + HF generate",
+    "hfplain": "urpo + HF generate, prompts prefilled G times",
+    "vllm": "urpo + vLLM",
+    "urpo3": "urpo + vLLM, 3 kinds (URPO step)",
+    "urpo3hf": "urpo + HF, 3 kinds (URPO step)",
+    "urpo3hfplain": "urpo + HF, 3 kinds, prompts prefilled G times",
+}
+PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed"}
+
 
 class Worker:
     def __init__(self, name: str, spec: dict, log: Path) -> None:
@@ -269,7 +320,7 @@ class Worker:
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         self.log = log.open("w")
         self.proc = subprocess.Popen(
@@ -303,6 +354,7 @@ class Worker:
         seconds = statistics.median(s["seconds"] for s in timed)
         tokens = [s["tokens"] for s in timed if s["tokens"] == s["tokens"]]
         tokens_per_step = statistics.mean(tokens) if tokens else self.final.get("mean_length", length) * completions
+        phase = {name: statistics.mean(s.get(f"time/{name}", 0.0) for s in timed) for name in PHASES}
         return {
             "steps_per_s": 1 / seconds,
             "tokens_per_s": tokens_per_step / seconds,
@@ -311,43 +363,127 @@ class Worker:
             "tokens_per_step": tokens_per_step,
             "startup_s": self.ready,
             "mismatch": statistics.mean(s.get("mismatch/logp_abs_diff", float("nan")) for s in timed),
-            "rollout_s": statistics.mean(s.get("time/rollout", float("nan")) for s in timed),
-            "update_s": statistics.mean(s.get("time/update", float("nan")) for s in timed),
+            **{f"{name}_s": value for name, value in phase.items()},
         }
 
 
-def run_pair(urpo_spec: dict, trl_spec: dict, name: str, logs: Path) -> tuple[dict, dict]:
-    ours = Worker(name, urpo_spec, logs / f"{name}.log")
-    theirs = Worker(f"trl-{name}", trl_spec, logs / f"trl-{name}.log")
-    ours.ready = ours.expect("ready")["seconds"]
-    theirs.ready = theirs.expect("ready")["seconds"]
-    for step in range(urpo_spec["steps"]):
-        ours.step()
-        theirs.step()
-        mine, trl = ours.steps[-1]["seconds"], theirs.steps[-1]["seconds"]
-        print(f"    step {step}: urpo {mine:.2f} s, TRL {trl:.2f} s", flush=True)
-    ours.finish()
-    theirs.finish()
-    completions = urpo_spec["prompts"] * urpo_spec["g"]
-    return ours.summary(urpo_spec["length"], completions), theirs.summary(urpo_spec["length"], completions)
+PHASES = ("rollout", "judge", "update")  # urpo.timing's phases shown in the table (judge is part of reward)
 
 
-def machine() -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else "?"
-    )
+def run_group(specs: dict[str, dict], logs: Path) -> dict[str, dict]:
+    """Start one process per spec, then step them in turns (one step each, the others waiting); their summaries."""
+    workers = {name: Worker(name, spec, logs / f"{name}.log") for name, spec in specs.items()}
+    for worker in workers.values():
+        worker.ready = worker.expect("ready")["seconds"]
+    steps = next(iter(specs.values()))["steps"]
+    for step in range(steps):
+        for worker in workers.values():
+            worker.step()
+        times = ", ".join(f"{name} {w.steps[-1]['seconds']:.2f} s" for name, w in workers.items())
+        print(f"    step {step}: {times}", flush=True)
+    for worker in workers.values():
+        worker.finish()
+    return {name: w.summary(w.spec["length"], w.spec["prompts"] * w.spec["g"]) for name, w in workers.items()}
+
+
+# ---- this CPU's limits ----------------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def measure_limits(seconds: float = 3.0) -> dict:
+    """This CPU's fp32 matrix-product rate (GFLOP/s, torch.mm of 2048 x 2048, the best of repeated runs) and memory
+    bandwidth (GB/s: bytes read plus written by copying a 512 MiB tensor, the best run), with torch's threads."""
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    def best(run, budget: float) -> float:
+        run()  # warm-up
+        fastest, spent = float("inf"), 0.0
+        while spent < budget:
+            t0 = time.perf_counter()
+            run()
+            took = time.perf_counter() - t0
+            fastest, spent = min(fastest, took), spent + took
+        return fastest
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    matmul = 2 * n**3 / best(lambda: torch.mm(a, b), seconds) / 1e9
+    src = torch.ones(128 << 20)  # 512 MiB of fp32
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src), seconds) / 1e9
+    limits = {"matmul_gflops": matmul, "bandwidth_gbs": bandwidth}
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:  # bf16 has hardware support: its rate matters too
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        limits["matmul_bf16_gflops"] = 2 * n**3 / best(lambda: torch.mm(a16, b16), seconds) / 1e9
+    return limits
+
+
+def machine(limits: dict) -> str:
+    import torch
+
+    flags = cpu_flags()
+    simd = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
+    bf16 = f", bf16 {limits['matmul_bf16_gflops']:.0f} GFLOP/s" if "matmul_bf16_gflops" in limits else ""
+    return (
+        f"{cpu_name()} ({simd}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads); measured: fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s{bf16}, memory bandwidth "
+        f"{limits['bandwidth_gbs']:.1f} GB/s"
+    )
+
+
+def floors(model: Path, params: int, base: dict, limits: dict) -> dict:
+    """The least time this CPU needs for the verifiable workload's phases: decoding reads every weight once per
+    token step (bandwidth-bound), and the update's forward and backward take 6 x (non-embedding parameters) FLOPs
+    per token of prompt and completion (matmul-bound; attention and the logits left out)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from urpo.prompts import PlayerTemplate, render_chat
+
+    config = AutoConfig.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prompts = [render_chat(tokenizer, PlayerTemplate().messages(r)) for r in bench_rows(base["prompts"])]
+    prompt_tokens = statistics.mean(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    sequences = base["prompts"] * base["g"]
+    matrix_params = params - config.vocab_size * config.hidden_size  # tied embeddings: counted once
+    update_flops = 6 * matrix_params * sequences * (prompt_tokens + base["length"])
+    return {
+        "prompt_tokens": prompt_tokens,
+        "rollout_s": base["length"] * params * 4 / (limits["bandwidth_gbs"] * 1e9),
+        "update_s": update_flops / (limits["matmul_gflops"] * 1e9),
+        "update_tflop": update_flops / 1e12,
+    }
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+
+
+def in_own_process(task: dict):
+    """Run :func:`measure_limits` or :func:`build_model` in a child process and return its result."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(task)], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith(TAG))[len(TAG) :])
+
+
+def run_task(task: dict) -> None:
+    result = measure_limits() if task["task"] == "limits" else build_model(Path(task["folder"]), task["size"])
+    print(TAG + json.dumps(result), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -355,23 +491,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, short completions: under 3 minutes")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="default 100m; tiny with --quick")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
-    parser.add_argument("--g", type=int, default=4, help="completions per prompt (G)")
+    parser.add_argument("--g", type=int, default=8, help="completions per prompt (G)")
     parser.add_argument("--length", type=int, default=None, help="tokens per completion (default 64; 16 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="steps per configuration, 1st untimed (default 4)")
     parser.add_argument(
         "--configs",
         default=None,
-        help="comma-separated urpo configurations ENGINE-PRECISION, ENGINE in hf, vllm, urpo3 (the "
-        "three-kind vLLM step), PRECISION in 32, bf16 (default: all five pairs; hf-32,vllm-32 with "
-        "--quick)",
+        help=f"comma-separated urpo configurations ENGINE-PRECISION, ENGINE in {', '.join(CONFIGS)} (module "
+        "docstring), PRECISION in 32, bf16 (default: hf-32,vllm-32,urpo3-32,urpo3hf-32,hf-bf16,vllm-bf16; "
+        "hf-32,vllm-32 with --quick)",
     )
+    parser.add_argument("--without-trl", action="store_true", help="run the urpo side only (TRL not installed)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
+        if "task" in spec:
+            return run_task(spec)
         return run_trl(spec) if spec["engine"] == "trl" else run_urpo(spec)
 
+    from importlib.util import find_spec
+
+    if not args.without_trl and find_spec("trl") is None:
+        parser.error("TRL is not installed: pip install 'urpo[baseline]', or pass --without-trl for urpo alone")
     size = args.size or ("tiny" if args.quick else "100m")
     length, steps = args.length or (16 if args.quick else 64), args.steps or (3 if args.quick else 4)
     work = tempfile.mkdtemp(prefix="bench-trl-")
@@ -385,7 +528,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_all(args: argparse.Namespace, size: str, length: int, steps: int, work: Path) -> None:
     t0 = time.perf_counter()
-    params = build_model(work / "model", size)
+    # Both in processes of their own: Linux keeps a process's peak RSS across fork and exec, so a coordinator that
+    # had held the model or the bandwidth test's buffers would pass that peak on to every worker's ru_maxrss.
+    limits = in_own_process({"task": "limits"})
+    where = machine(limits)
+    print(f"  {where}", flush=True)
+    params = in_own_process({"task": "build", "folder": str(work / "model"), "size": size})
     base = {
         "model": str(work / "model"),
         "prompts": args.prompts,
@@ -394,53 +542,88 @@ def run_all(args: argparse.Namespace, size: str, length: int, steps: int, work: 
         "steps": steps,
         "workdir": str(work),
     }
-    precisions = {"32": "32-true", "bf16": "bf16-mixed"}
-    results = []
-    configs = args.configs or ("hf-32,vllm-32" if args.quick else "hf-32,vllm-32,urpo3-32,hf-bf16,vllm-bf16")
+    configs = args.configs or ("hf-32,vllm-32" if args.quick else "hf-32,vllm-32,urpo3-32,urpo3hf-32,hf-bf16,vllm-bf16")
+    specs = {}
     for config in configs.split(","):
         engine, precision = config.split("-")
-        spec = dict(
-            base,
-            engine="vllm" if engine == "urpo3" else engine,
-            precision=precisions[precision],
-            three_kinds=engine == "urpo3",
-        )
-        trl_spec = dict(base, engine="trl", precision=precisions[precision], three_kinds=False)
-        print(f"  {config} ...", flush=True)
-        ours, theirs = run_pair(spec, trl_spec, config, work)
-        results.append((config, ours, theirs))
-        print(f"  {config}: urpo {json.dumps(ours)}; TRL {json.dumps(theirs)}", flush=True)  # partial results
-    table = format_table(results, size, params, base, machine(), time.perf_counter() - t0)
+        specs[config] = dict(base, **CONFIGS[engine], precision=PRECISIONS[precision])
+    groups: list[dict[str, dict]] = []
+    if args.without_trl:  # one group per precision: its urpo configurations take turns
+        for precision in PRECISIONS.values():
+            group = {name: spec for name, spec in specs.items() if spec["precision"] == precision}
+            groups += [group] if group else []
+    else:  # each urpo configuration beside a TRL process of its precision
+        for name, spec in specs.items():
+            trl = dict(base, engine="trl", precision=spec["precision"], three_kinds=False, shared_prefill=True)
+            groups.append({name: spec, f"trl-{name}": trl})
+    results = {}
+    for group in groups:
+        print(f"  {', '.join(group)} ...", flush=True)
+        summaries = run_group(group, work)
+        results.update(summaries)
+        for name, summary in summaries.items():  # partial results, should a later group fail
+            print(f"  {name}: {json.dumps(summary)}", flush=True)
+    table = format_table(results, specs, size, params, base, where, time.perf_counter() - t0)
+    table += "\n\n" + format_floors(results, floors(work / "model", params, base, limits), base)
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n")
 
 
-def format_table(results, size, params, base, where, wall) -> str:
-    names = {"hf": "urpo + HF generate", "vllm": "urpo + vLLM", "urpo3": "urpo + vLLM, 3 kinds (URPO step)"}
+def format_table(results, specs, size, params, base, where, wall) -> str:
     lines = [
         (
             f"Machine: {where}. Model: Qwen2 '{size}', {params / 1e6:.1f}M parameters. Work per step: "
             f"{base['prompts']} prompts x G={base['g']} x {base['length']} tokens; median of {base['steps'] - 1} "
-            f"timed steps after 1 warm-up, urpo and TRL interleaved step by step. Whole run {wall / 60:.1f} min."
+            f"timed steps after 1 warm-up, processes of a group interleaved step by step. Whole run "
+            f"{wall / 60:.1f} min."
         ),
         "",
         (
-            "| configuration | precision | steps/s | TRL steps/s | speed vs TRL | completion tok/s | TRL tok/s | "
-            "peak RSS GB | TRL peak RSS GB | memory vs TRL | urpo rollout s | urpo update s | mismatch |logp| | "
-            "startup s (urpo / TRL) |"
+            "| configuration | precision | steps/s | TRL steps/s | speed vs TRL | completion tok/s | peak RSS GB | "
+            "TRL peak RSS GB | memory vs TRL | rollout s | judge s | update s | step s | mismatch |logp| | "
+            "startup s |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for config, ours, theirs in results:
+    for config in specs:
+        ours, theirs = results[config], results.get(f"trl-{config}")
         engine, precision = config.split("-")
-        lines.append(
-            f"| {names[engine]} | {'fp32' if precision == '32' else 'bf16-mixed'} | {ours['steps_per_s']:.3f} | "
-            f"{theirs['steps_per_s']:.3f} | {ours['steps_per_s'] / theirs['steps_per_s']:.2f}x | "
-            f"{ours['tokens_per_s']:.0f} | {theirs['tokens_per_s']:.0f} | {ours['rss_gb']:.2f} | "
-            f"{theirs['rss_gb']:.2f} | {ours['rss_gb'] / theirs['rss_gb']:.2f}x | {ours['rollout_s']:.2f} | "
-            f"{ours['update_s']:.2f} | {ours['mismatch']:.2g} | {ours['startup_s']:.0f} / {theirs['startup_s']:.0f} |"
+        vs = (
+            (f"{theirs['steps_per_s']:.3f}", f"{ours['steps_per_s'] / theirs['steps_per_s']:.2f}x")
+            if theirs
+            else ("n/a", "n/a")
         )
+        memory = (f"{theirs['rss_gb']:.2f}", f"{ours['rss_gb'] / theirs['rss_gb']:.2f}x") if theirs else ("n/a", "n/a")
+        lines.append(
+            f"| {NAMES[engine]} | {'fp32' if precision == '32' else 'bf16-mixed'} | {ours['steps_per_s']:.3f} | "
+            f"{vs[0]} | {vs[1]} | {ours['tokens_per_s']:.0f} | {ours['rss_gb']:.2f} | {memory[0]} | {memory[1]} | "
+            f"{ours['rollout_s']:.2f} | {ours['judge_s']:.2f} | {ours['update_s']:.2f} | {ours['seconds']:.2f} | "
+            f"{ours['mismatch']:.2g} | {ours['startup_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_floors(results: dict, floor: dict, base: dict) -> str:
+    """The verifiable configurations' phases beside this CPU's limits (:func:`floors`)."""
+    lines = [
+        (
+            f"This CPU's limits for the verifiable workload ({base['prompts']} x {base['g']} sequences of "
+            f"{floor['prompt_tokens']:.0f} prompt + {base['length']} completion tokens): rollout >= "
+            f"{floor['rollout_s']:.2f} s (every fp32 weight read once per token step), update >= "
+            f"{floor['update_s']:.2f} s ({floor['update_tflop']:.2f} TFLOP of forward and backward at the measured "
+            "matmul rate)."
+        ),
+        "",
+        "| configuration | rollout s | x its floor | update s | x its floor |",
+        "|---|---|---|---|---|",
+    ]
+    for config, ours in results.items():
+        if config.startswith(("hf-", "hfplain-", "vllm-")):
+            lines.append(
+                f"| {config} | {ours['rollout_s']:.2f} | {ours['rollout_s'] / floor['rollout_s']:.1f}x | "
+                f"{ours['update_s']:.2f} | {ours['update_s'] / floor['update_s']:.1f}x |"
+            )
     return "\n".join(lines)
 
 

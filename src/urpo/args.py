@@ -221,6 +221,13 @@ class SamplingArgs:
     """Sample among the k most likely tokens only (None: no limit)."""
     max_batch_size: int | None = None
     """Most sequences generated at once inside one engine call (None: all at once); bounds activation memory."""
+    shared_prefill: bool = True
+    """HF engine: run each distinct prompt of a call through the model once and sample its n continuations from
+    copies of that one KV cache, instead of prefilling the same prompt n times (a group's G completions, a
+    preference row's G judgments of one long referee prompt). The same tokens under the same seed, up to float
+    rounding; False is the plain ``generate`` on n copies. Models whose cache cannot be shared this way (encoder-
+    decoders, models without a ``Cache``, a static ``cache_implementation``) use the plain path and log why. vLLM
+    shares prompts through its prefix cache instead (``rollout.vllm.enable_prefix_caching``)."""
 
     def __post_init__(self) -> None:
         _check("sampling.max_new_tokens", self.max_new_tokens >= 1, ">= 1", self.max_new_tokens)
@@ -251,6 +258,10 @@ class VLLMArgs:
     """Longest prompt + completion in tokens (None: the model's limit); must fit in the KV cache."""
     max_num_seqs: int | None = None
     """Most sequences vLLM decodes at once (None: vLLM's default)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of prompt blocks already computed: the G samples of one prompt (player prompts, and the
+    long referee prompts a preference row is judged G times with) are prefilled once, as ``sampling.shared_prefill``
+    does in the HF engine. The cache is dropped at every weight push, so no stale keys or values are reused."""
     enforce_eager: bool = True
     """Run the model eagerly. On CPU, compiling costs 20-45 s of startup for little speed; on GPU set False to get
     CUDA graphs, which speed decoding up a lot."""
@@ -258,7 +269,7 @@ class VLLMArgs:
     """vLLM executor. Several trainer ranks each holding a colocated engine need 'external_launcher' (as TRL's
     colocate mode does); not exercised by urpo's tests."""
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for ``vllm.LLM`` (e.g. ``{enable_prefix_caching: false}``); they win over the above."""
+    """Extra keyword arguments for ``vllm.LLM`` (e.g. ``{max_num_batched_tokens: 4096}``); they win over the above."""
     sampling_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``vllm.SamplingParams`` (e.g. ``{min_tokens: 64}`` to force lengths in a
     benchmark); they win over the values derived from ``sampling``."""

@@ -1,6 +1,10 @@
-"""The HF-generate rollout engine on the tiny model: shapes, EOS handling, chunking and rank-aligned calls."""
+"""The HF-generate rollout engine on the tiny model: shapes, EOS handling, chunking, rank-aligned calls, and the
+shared prefill (each distinct prompt computed once) against the plain path."""
 
 from __future__ import annotations
+
+import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -78,6 +82,104 @@ def test_left_pad():
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device=torch.device("cpu"))
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = left_pad([[4]], pad_id=0, device=torch.device("cpu"), min_width=2)
+    assert ids.tolist() == [[0, 4]] and mask.tolist() == [[0, 1]]
+
+
+@pytest.fixture
+def fresh_model(tiny_model_dir):
+    return load_model(ModelArgs(name_or_path=tiny_model_dir))
+
+
+def grouped_ids(engine, n: int) -> list[list[int]]:
+    """Three chat prompts of different lengths and a one-token prompt, each repeated n times (prompt-major)."""
+    ids = [engine.tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts(engine, 3)]
+    ids[1] = ids[1] + ids[2]  # unequal lengths: left padding inside the shared prefill
+    return [row for row in [*ids, [5]] for _ in range(n)]
+
+
+@pytest.mark.parametrize("temperature", [None, 1.0, 0.7])
+def test_shared_prefill_samples_the_same_tokens_as_the_plain_path(engine, fresh_model, temperature):
+    """Each distinct prompt is computed once and its cache copied per sample; generate's sampling loop is unchanged
+    (same batch, same draws from the same generator), so the same seed gives the same tokens."""
+    flat = grouped_ids(engine, 4)
+    runs = {}
+    for shared in (False, True):
+        torch.manual_seed(11)
+        runs[shared] = generate_ids(
+            fresh_model, engine.tokenizer, flat, 10, temperature=temperature, shared_prefill=shared
+        )
+    assert runs[True] == runs[False]
+    assert len({tuple(row) for row in runs[True]}) > (4 if temperature else 1)  # not one constant answer
+
+
+def test_shared_prefill_through_lora_adapters(engine, fresh_model):
+    """A peft-wrapped policy (LoRA) takes the shared path too, and samples what the plain path samples."""
+    from urpo.args import LoraArgs
+    from urpo.lora import apply_lora
+
+    model = apply_lora(fresh_model, LoraArgs(r=4, init_lora_weights=False))  # random A and B: the adapters act
+    flat = grouped_ids(engine, 3)
+    runs = []
+    for shared in (False, True):
+        torch.manual_seed(4)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="urpo")
+            runs.append(generate_ids(model, engine.tokenizer, flat, 8, temperature=1.0, shared_prefill=shared))
+    assert runs[0] == runs[1]
+
+
+def test_one_token_prompts_are_padded_to_a_cacheable_width(engine, fresh_model):
+    """The shared cache covers all but the last prompt token, so a batch of one-token prompts gets one masked pad
+    (a rank's padding call under synced_gpus sends such a prompt)."""
+    for ids in ([[5], [5]], [[engine.tokenizer.pad_token_id]], [[5], [7]]):
+        plain = generate_ids(fresh_model, engine.tokenizer, ids, 5)
+        assert generate_ids(fresh_model, engine.tokenizer, ids, 5, shared_prefill=True) == plain
+
+
+def test_shared_prefill_gives_the_engine_the_same_batches_chunks_stops_and_lengths(engine, fresh_model):
+    """Through the engine: chunks that split a group, finish reasons, prompt ids, and the checkpoint's length floor
+    (``min_new_tokens`` in its generation_config, as tools/bench_trl.py sets it) behave as on the plain path."""
+    plain_engine = HFGenerateEngine(lambda: fresh_model, engine.tokenizer)
+    texts = prompts(engine, 3)
+    for sampling in (SamplingArgs(max_new_tokens=9, max_batch_size=5), SamplingArgs(max_new_tokens=9)):
+        outs = []
+        for shared in (False, True):
+            torch.manual_seed(5)
+            outs.append(plain_engine.generate(texts, 4, dataclasses.replace(sampling, shared_prefill=shared)))
+        assert outs[0] == outs[1]
+    fresh_model.generation_config.min_new_tokens = 9
+    torch.manual_seed(5)
+    floored = plain_engine.generate(texts, 4, SamplingArgs(max_new_tokens=9))
+    assert [len(ids) for ids in floored.completion_ids] == [9] * 12
+    assert all(engine.tokenizer.eos_token_id not in ids[:-1] for ids in floored.completion_ids)
+
+
+def test_the_checkpoint_sampling_defaults_do_not_change_what_is_sampled(engine, fresh_model):
+    """A generation_config may carry top_k, a repetition penalty, n-gram bans: the trainer's log-probs assume the
+    temperature-scaled distribution with SamplingArgs' truncation only, so urpo switches those off."""
+    flat = grouped_ids(engine, 3)
+    torch.manual_seed(2)
+    clean = generate_ids(fresh_model, engine.tokenizer, flat, 8, temperature=1.0, shared_prefill=True)
+    config = fresh_model.generation_config
+    config.top_k, config.repetition_penalty, config.no_repeat_ngram_size, config.min_p = 1, 50.0, 1, 0.5
+    torch.manual_seed(2)
+    assert generate_ids(fresh_model, engine.tokenizer, flat, 8, temperature=1.0, shared_prefill=True) == clean
+
+
+def test_a_model_that_cannot_share_its_cache_falls_back_with_a_warning(engine, fresh_model):
+    flat = grouped_ids(engine, 2)
+    plain = generate_ids(fresh_model, engine.tokenizer, flat, 6)
+    fresh_model.generation_config.cache_implementation = "static"
+    with pytest.warns(UserWarning, match="shared prefill is off.*cache_implementation='static'"):
+        fallback = generate_ids(fresh_model, engine.tokenizer, flat, 6, shared_prefill=True)
+    assert fallback == plain
+
+
+def test_shared_prefill_is_silent_where_it_applies(engine, fresh_model):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="urpo")
+        generate_ids(fresh_model, engine.tokenizer, grouped_ids(engine, 2), 3, shared_prefill=True)
 
 
 def test_sampling_args_are_validated():

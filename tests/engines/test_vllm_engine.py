@@ -163,6 +163,8 @@ def test_engine_generates_tokens_texts_logprobs_and_reasons(hf_and_engine):
         assert all(math.isfinite(v) and v <= 0 for v in lps)
         assert reason == ("stop" if ids[-1] == tokenizer.eos_token_id else "length")
         assert text == tokenizer.decode(ids, skip_special_tokens=True)
+    # Prefix caching is on, so the n samples of a prompt share its prefill (reset at every weight push).
+    assert engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
 
 
 @pytest.mark.vllm

@@ -149,6 +149,8 @@ class VLLMEngine:
             "kv_cache_memory_bytes": self.args.kv_cache_memory_bytes,
             "gpu_memory_utilization": self.args.gpu_memory_utilization,
             "max_model_len": self.args.max_model_len,
+            # A prompt sampled n times (and a referee prompt judged G times) is prefilled once; pushes reset it.
+            "enable_prefix_caching": self.args.enable_prefix_caching,
             # Log-probs after temperature (and top-k/p), i.e. of the distribution actually sampled from: the trainer
             # divides its logits by the same temperature, so both sides compare like with like.
             "logprobs_mode": "processed_logprobs",
