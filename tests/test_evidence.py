@@ -112,7 +112,10 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
         "verifiable_accuracy 0.400 < 0.50",
         "referee_accuracy 0.500 < 0.65",
     ]
-    assert missed_targets(scores, WarmStartConfig()) == ["verifiable_accuracy 0.400 < 0.50", "referee_parsed 0.900 < 0.95"]
+    assert missed_targets(scores, WarmStartConfig()) == [
+        "verifiable_accuracy 0.400 < 0.50",
+        "referee_parsed 0.900 < 0.95",
+    ]
 
 
 def test_warm_start_judging_examples_keep_the_reasoning_and_teach_the_verdict_only_when_asked():

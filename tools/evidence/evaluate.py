@@ -6,7 +6,11 @@
   preference row is judged greedily in both presentation orders; a judgment scores its pairwise accuracy against the
   gold order (for pairs: 1 if the better answer is ranked first), 0 when it does not parse;
   ``referee_parsed`` is the share of those judgments that parse, ``referee_first_shown_top`` the share of parsed ones
-  that rank the answer shown first on top (0.5 without position bias).
+  that rank the answer shown first on top (0.5 without position bias);
+* ``referee_sampled_accuracy``: the same judgments sampled at temperature 1 (RL's rollouts) instead of greedy. For a
+  referee whose verdict is near a coin flip, the greedy verdict follows whichever position is ahead by a hair and
+  swings between "always the first" and "always the second" (50% either way), while the sampled accuracy moves only
+  as the referee's verdicts come to depend on the answers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from tools.evidence.world import PLAYER, REFEREE, read_jsonl
 from urpo.boxed import last_boxed
@@ -73,8 +78,18 @@ def referee_scores(model, tokenizer, rows: Sequence[PreferenceRow]) -> dict[str,
         lambda messages: render_chat(tokenizer, messages),
     )
     overall = report["overall"]
+    with torch.random.fork_rng(devices=[]):  # the same draws at every evaluation, and training's RNG untouched
+        torch.manual_seed(0)
+        sampled = evaluate_referee(
+            rows,
+            ["all"] * len(rows),
+            lambda prompts: complete(model, tokenizer, prompts, max_new_tokens=32, temperature=1.0),
+            REFEREE,
+            lambda messages: render_chat(tokenizer, messages),
+        )
     return {
         "referee_accuracy": overall["accuracy"] or 0.0,
+        "referee_sampled_accuracy": sampled["overall"]["accuracy"] or 0.0,
         "referee_parsed": 1.0 - (overall["parse_failure_rate"] or 0.0),
         "referee_first_shown_top": overall["first_shown_top"] if overall["first_shown_top"] is not None else math.nan,
     }
