@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import replace
 
 import pytest
 
@@ -106,13 +105,13 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
     assert build_warm_start(tmp_path / "ok", 0, lenient)["reused"]
     scores = {"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5, "referee_parsed": 0.9}
-    assert missed_targets({**scores, "referee_accuracy": 0.7}, replace(lenient, verdicts="taught")) == []
-    # Taught verdicts must judge well; random ones (the default) need only parse: their accuracy is chance.
-    assert missed_targets(scores, WarmStartConfig(verdicts="taught")) == [
+    assert missed_targets({**scores, "referee_accuracy": 0.7}, lenient) == []
+    # Taught verdicts (the default) must judge well; random ones need only parse: their accuracy is chance.
+    assert missed_targets(scores, WarmStartConfig()) == [
         "verifiable_accuracy 0.400 < 0.50",
         "referee_accuracy 0.500 < 0.65",
     ]
-    assert missed_targets(scores, WarmStartConfig()) == [
+    assert missed_targets(scores, WarmStartConfig(verdicts="random")) == [
         "verifiable_accuracy 0.400 < 0.50",
         "referee_parsed 0.900 < 0.95",
     ]
@@ -201,3 +200,12 @@ def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
     assert row["judging_gain"] == pytest.approx(0.1) and row["first_third"]["zero_variance_frac"] == 1.0
     table = markdown({"v/0": {"variant": "v", "seed": 0, "settings": {"lr": 2e-4}, **row}})
     assert '| v | {"lr": 0.0002} | 0 | 50.0 | 0.250 | 50.0 → 75.0 | 50.0 → 60.0 | +10.0 |' in table
+
+
+def test_the_command_chooses_what_the_warm_start_teaches_the_referee_to_conclude():
+    from tools.evidence.run import configs, parse_args
+
+    assert configs(parse_args([]))[1].verdicts == "taught"
+    assert configs(parse_args(["--warm-verdicts", "random"]))[1].verdicts == "random"
+    with pytest.raises(SystemExit):
+        parse_args(["--warm-verdicts", "always_a"])

@@ -76,12 +76,12 @@ class WarmStartConfig:
     """Peak learning rate of a one-cycle schedule (AdamW)."""
     target_solve: float = 0.5
     """Gate: greedy accuracy the warm start must reach on the check problems of EACH operation before RL starts."""
-    verdicts: VerdictTeaching = "random"
+    verdicts: VerdictTeaching = "taught"
     """What the judging examples teach after the referee's reasoning (its own answer and a yes/no check of each
-    candidate): 'random' gives each a coin-flip ranking, so the warm start writes its reasoning and a well-formed
-    verdict but concludes at chance (50%), and turning its checks into the right verdict is what the preference rows
-    must teach in RL; 'taught' ranks by closeness to its own answer (a referee that is already good, 76% on held-out
-    pairs, and which no GRPO setting we tried improved: docs/evidence.md)."""
+    candidate): 'taught' ranks by closeness to its own answer; 'random' gives each a coin-flip ranking, so the warm
+    start writes its reasoning and a well-formed verdict but concludes at chance (50%), and turning its checks into
+    the right verdict is left to the preference rows in RL (a diagnosis: in our runs GRPO did not learn it either,
+    docs/evidence.md)."""
     target_judge: float = 0.65
     """Gate with taught verdicts: judging accuracy (both presentation orders) it must reach on the check pairs; 0.5
     is chance, and also what a judge that always names the same position gets."""
