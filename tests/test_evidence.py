@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
@@ -99,14 +100,43 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
         build_warm_start(tmp_path / "bad", 0, tiny)
     assert not (tmp_path / "bad" / "warm_start.json").exists()  # never reused...
     assert "missed its targets" in (tmp_path / "bad" / "warm_start_failed.json").read_text()  # ...but kept to inspect
-    lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0)
+    lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0, target_verdicts=0.0)
     first = build_warm_start(tmp_path / "ok", 0, lenient)
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
     assert build_warm_start(tmp_path / "ok", 0, lenient)["reused"]
-    assert missed_targets({"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.7}, lenient) == []
-    assert missed_targets(
-        {"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5}, WarmStartConfig()
-    ) == ["verifiable_accuracy 0.400 < 0.50", "referee_accuracy 0.500 < 0.65"]
+    scores = {"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5, "referee_parsed": 0.9}
+    assert missed_targets({**scores, "referee_accuracy": 0.7}, lenient) == []
+    # Taught verdicts (the default) must judge well; random ones need only parse: their accuracy is chance.
+    assert missed_targets(scores, WarmStartConfig()) == [
+        "verifiable_accuracy 0.400 < 0.50",
+        "referee_accuracy 0.500 < 0.65",
+    ]
+    assert missed_targets(scores, WarmStartConfig(verdicts="random")) == [
+        "verifiable_accuracy 0.400 < 0.50",
+        "referee_parsed 0.900 < 0.95",
+    ]
+
+
+def test_warm_start_judging_examples_keep_the_reasoning_and_teach_the_verdict_only_when_asked():
+    from tools.evidence.warm_start import judge_example
+    from tools.evidence.world import Problem
+
+    problem = Problem(45, "+", 3)
+    taught, rankings, flipped = set(), set(), 0
+    for seed in range(40):
+        _, target = judge_example(problem, 0.0, random.Random(seed), "taught")
+        _, coin = judge_example(problem, 0.0, random.Random(seed), "random")
+        checks, verdict = target.split(" <ranking>")
+        assert coin.startswith(checks + " <ranking>")  # same own answer and checks
+        assert checks.startswith("\\boxed{48} ")
+        right = "A > B" if checks.index("yes") < checks.index("no") else "B > A"
+        assert verdict == right + "</ranking>"
+        taught.add(verdict)
+        rankings.add(coin.split("<ranking>")[1])
+        flipped += coin.split("<ranking>")[1] != verdict
+    assert taught == {"A > B</ranking>", "B > A</ranking>"}
+    assert rankings == {"A > B</ranking>", "B > A</ranking>"}
+    assert 8 <= flipped <= 32  # coin flips: wrong about half the time (40 draws)
 
 
 def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties():
@@ -170,3 +200,12 @@ def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
     assert row["judging_gain"] == pytest.approx(0.1) and row["first_third"]["zero_variance_frac"] == 1.0
     table = markdown({"v/0": {"variant": "v", "seed": 0, "settings": {"lr": 2e-4}, **row}})
     assert '| v | {"lr": 0.0002} | 0 | 50.0 | 0.250 | 50.0 → 75.0 | 50.0 → 60.0 | +10.0 |' in table
+
+
+def test_the_command_chooses_what_the_warm_start_teaches_the_referee_to_conclude():
+    from tools.evidence.run import configs, parse_args
+
+    assert configs(parse_args([]))[1].verdicts == "taught"
+    assert configs(parse_args(["--warm-verdicts", "random"]))[1].verdicts == "random"
+    with pytest.raises(SystemExit):
+        parse_args(["--warm-verdicts", "always_a"])

@@ -45,6 +45,7 @@ def test_perfect_judge_scores_one_everywhere(tmp_path: Path) -> None:
     assert overall["rows"] == 5 and overall["judgments"] == 10
     assert overall["accuracy"] == overall["position_consistency"] == overall["consistent_accuracy"] == 1.0
     assert overall["parse_failures"] == 0
+    assert overall["first_shown_top"] == 0.5  # chosen shown first in one order of each row, second in the other
     assert {k: v["rows"] for k, v in report["subsets"].items()} == {"alpacaeval-easy": 3, "math-prm": 2}
 
 
@@ -53,6 +54,7 @@ def test_position_biased_judge_is_half_right_and_never_consistent(tmp_path: Path
     overall = report["overall"]
     assert overall["accuracy"] == 0.5 and overall["accuracy_parsed"] == 0.5
     assert overall["position_consistency"] == 0.0 and overall["consistent_accuracy"] == 0.0
+    assert overall["first_shown_top"] == 1.0  # the position bias, measured
 
 
 def test_both_orders_are_shown_and_failures_counted(tmp_path: Path) -> None:
@@ -69,6 +71,7 @@ def test_both_orders_are_shown_and_failures_counted(tmp_path: Path) -> None:
     assert overall["parse_failures"] == 5 and overall["parse_failure_reasons"]["no_ranking"] == 5
     assert overall["accuracy"] == 0.5 and overall["accuracy_parsed"] == 1.0
     assert overall["position_consistency"] == 0.0
+    assert overall["first_shown_top"] == 1.0  # of the parsed judgments only: chosen shown first, named first
     assert "OVERALL" in format_table(report) and "alpacaeval-easy" in format_table(report)
 
 

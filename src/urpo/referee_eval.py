@@ -8,6 +8,8 @@ overall (micro-averaged over rows):
   a judgment without a valid ranking counting 0; ``accuracy_parsed`` the same over parsed judgments only;
 * ``position_consistency``: share of rows whose two judgments both parsed and preferred the same response(s);
 * ``consistent_accuracy``: share of rows judged fully right in both orders (J1's consistency, arXiv 2505.10320);
+* ``first_shown_top``: share of parsed judgments that rank the response shown first on top (position bias: about 0.5
+  for a judge that reads the responses, near 0 or 1 for one that names a position);
 * ``parse_failures`` (and per reason), ``judgments`` (= 2 x rows).
 
 Example::
@@ -50,6 +52,8 @@ class Judgment:
     verdict: Verdict
     accuracy: float
     """Pairwise accuracy against gold; 0.0 when the judgment did not parse."""
+    first_shown_top: bool = False
+    """The judgment parsed and ranks the response shown first in its top tier."""
 
 
 @dataclass
@@ -62,6 +66,7 @@ class SubsetStats:
     accuracy_sum: float = 0.0
     consistent: int = 0
     consistent_correct: int = 0
+    first_shown_top: int = 0
     failures: Counter = field(default_factory=Counter)
 
     def add_row(self, pair: Sequence[Judgment]) -> None:
@@ -70,6 +75,7 @@ class SubsetStats:
             self.judgments += 1
             self.parsed += j.verdict.parsed
             self.accuracy_sum += j.accuracy
+            self.first_shown_top += j.first_shown_top
             if not j.verdict.parsed:
                 self.failures[j.verdict.failure] += 1
         a, b = pair
@@ -88,6 +94,7 @@ class SubsetStats:
             "accuracy_parsed": rate(self.accuracy_sum, self.parsed),
             "position_consistency": rate(self.consistent, self.rows),
             "consistent_accuracy": rate(self.consistent_correct, self.rows),
+            "first_shown_top": rate(self.first_shown_top, self.parsed),
             "parse_failures": self.judgments - self.parsed,
             "parse_failure_rate": rate(self.judgments - self.parsed, self.judgments),
             "parse_failure_reasons": {r: self.failures.get(r, 0) for r in PARSE_FAILURE_REASONS},
@@ -166,7 +173,8 @@ def evaluate_referee(
         for k, (name, order) in enumerate(zip(ORDERS, (list(range(n)), list(range(n))[::-1]))):
             verdict = read_verdict(template, texts[2 * i + k], order, prompts[2 * i + k])
             accuracy = pairwise_accuracy(verdict.tiers, row.scores) if verdict.parsed else 0.0
-            pair.append(Judgment(i, subset, name, verdict, accuracy))
+            first_top = verdict.parsed and order[0] in verdict.tiers[0]
+            pair.append(Judgment(i, subset, name, verdict, accuracy, first_top))
         overall.add_row(pair)
         per_subset.setdefault(subset, SubsetStats()).add_row(pair)
     return {"overall": overall.summary(), "subsets": {name: s.summary() for name, s in sorted(per_subset.items())}}

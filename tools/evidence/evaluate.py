@@ -4,16 +4,24 @@
   last ``\\boxed{}`` holds the true integer.
 * ``referee_accuracy``: ``urpo eval-referee``'s accuracy (:func:`urpo.referee_eval.evaluate_referee`): every held-out
   preference row is judged greedily in both presentation orders; a judgment scores its pairwise accuracy against the
-  gold order (for pairs: 1 if the better answer is ranked first), 0 when it does not parse.
+  gold order (for pairs: 1 if the better answer is ranked first), 0 when it does not parse;
+  ``referee_parsed`` is the share of those judgments that parse, ``referee_first_shown_top`` the share of parsed ones
+  that rank the answer shown first on top (0.5 without position bias);
+* ``referee_sampled_accuracy``: the same judgments sampled at temperature 1 (RL's rollouts) instead of greedy. For a
+  referee whose verdict is near a coin flip, the greedy verdict follows whichever position is ahead by a hair and
+  swings between "always the first" and "always the second" (50% either way), while the sampled accuracy moves only
+  as the referee's verdicts come to depend on the answers.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from tools.evidence.world import PLAYER, REFEREE, read_jsonl
 from urpo.boxed import last_boxed
@@ -59,8 +67,9 @@ def solve_accuracy(model, tokenizer, records: Sequence[dict]) -> float:
     return sum(a == r["truth"] for a, r in zip(answers, records)) / max(len(records), 1)
 
 
-def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow]) -> float:
-    """``urpo eval-referee``'s overall accuracy with greedy judgments."""
+def referee_scores(model, tokenizer, rows: Sequence[PreferenceRow]) -> dict[str, float]:
+    """``urpo eval-referee``'s overall accuracy with greedy judgments, the share that parsed and the share that rank
+    the first shown answer best (position bias)."""
     report = evaluate_referee(
         rows,
         ["all"] * len(rows),
@@ -68,7 +77,22 @@ def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow]) -> float:
         REFEREE,
         lambda messages: render_chat(tokenizer, messages),
     )
-    return report["overall"]["accuracy"] or 0.0
+    overall = report["overall"]
+    with torch.random.fork_rng(devices=[]):  # the same draws at every evaluation, and training's RNG untouched
+        torch.manual_seed(0)
+        sampled = evaluate_referee(
+            rows,
+            ["all"] * len(rows),
+            lambda prompts: complete(model, tokenizer, prompts, max_new_tokens=32, temperature=1.0),
+            REFEREE,
+            lambda messages: render_chat(tokenizer, messages),
+        )
+    return {
+        "referee_accuracy": overall["accuracy"] or 0.0,
+        "referee_sampled_accuracy": sampled["overall"]["accuracy"] or 0.0,
+        "referee_parsed": 1.0 - (overall["parse_failure_rate"] or 0.0),
+        "referee_first_shown_top": overall["first_shown_top"] if overall["first_shown_top"] is not None else math.nan,
+    }
 
 
 def evaluate(model, tokenizer, held: HeldOut) -> dict[str, float]:
@@ -76,7 +100,7 @@ def evaluate(model, tokenizer, held: HeldOut) -> dict[str, float]:
     return {
         "open_accuracy": solve_accuracy(model, tokenizer, held.open),
         "verifiable_accuracy": solve_accuracy(model, tokenizer, held.verifiable),
-        "referee_accuracy": referee_accuracy(model, tokenizer, held.preference),
+        **referee_scores(model, tokenizer, held.preference),
     }
 
 

@@ -118,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=RLConfig.steps, help="RL steps of every run")
     parser.add_argument("--warm-steps", type=int, default=WarmStartConfig.steps, help="supervised warm-start steps")
     parser.add_argument(
+        "--warm-verdicts",
+        choices=["taught", "random"],
+        default=WarmStartConfig.verdicts,
+        help="what the warm start's judging examples conclude: the right ranking (default) or a coin flip, leaving "
+        "the verdict to RL (docs/evidence.md)",
+    )
+    parser.add_argument(
         "--shared-warm-start",
         dest="warm_per_seed",
         action="store_false",
@@ -131,10 +138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLConfig]:
-    world, warm, rl = WorldConfig(), WarmStartConfig(steps=args.warm_steps), RLConfig(steps=args.steps)
+    world, rl = WorldConfig(), RLConfig(steps=args.steps)
+    warm = WarmStartConfig(steps=args.warm_steps, verdicts=args.warm_verdicts)
     if args.smoke:
         # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
-        warm = replace(warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0)
+        warm = replace(
+            warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0, target_verdicts=0.0
+        )
         rl = replace(rl, steps=min(args.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
     return world, warm, rl
 

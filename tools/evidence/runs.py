@@ -58,6 +58,8 @@ class RLConfig:
     judge_temperature: float | None = 0.3
     """Sampling temperature of the open-row judgments (None: the policy's, 1.0). At 1.0 the warm start's rewards
     agreed with the truth on 53% of answer pairs, at 0.3 on 60% (one seed, judging by solving)."""
+    beta: float = 0.0
+    """``grpo.beta``: weight of the KL penalty to the warm start (DeepSeekMath's GRPO, arXiv 2402.03300, used 0.04)."""
     preference_consistency: bool = False
     """``PreferenceReward(consistency=...)``: judge each preference row in both orders and reward only a verdict that
     both orders agree on (J1's rule); a judge that names one position is then never rewarded (diagnosis only)."""
@@ -161,7 +163,7 @@ def train_run(
     module = URPOModule(
         policy=PolicyArgs(name_or_path=warm_dir),
         rewards=rewards_for(run, cfg, seed, files, referee_dir),
-        grpo=GRPOArgs(num_generations=cfg.num_generations, preference_orders=cfg.preference_orders),  # type: ignore[arg-type]
+        grpo=GRPOArgs(num_generations=cfg.num_generations, preference_orders=cfg.preference_orders, beta=cfg.beta),  # type: ignore[arg-type]
         sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
         player=PLAYER,
         referee=REFEREE,

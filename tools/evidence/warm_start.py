@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -54,6 +55,9 @@ WORD_TOKENS = [
 """Kept whole (plain added tokens, not special: decoding keeps them), so answers and verdicts are a few tokens."""
 
 
+VerdictTeaching = Literal["random", "taught"]
+
+
 @dataclass(frozen=True)
 class WarmStartConfig:
     """Model size and the brief supervised training that makes the warm start."""
@@ -72,9 +76,19 @@ class WarmStartConfig:
     """Peak learning rate of a one-cycle schedule (AdamW)."""
     target_solve: float = 0.5
     """Gate: greedy accuracy the warm start must reach on the check problems of EACH operation before RL starts."""
+    verdicts: VerdictTeaching = "taught"
+    """What the judging examples teach after the referee's reasoning (its own answer and a yes/no check of each
+    candidate): 'taught' ranks by closeness to its own answer; 'random' gives each a coin-flip ranking, so the warm
+    start writes its reasoning and a well-formed verdict but concludes at chance (50%), and turning its checks into
+    the right verdict is left to the preference rows in RL (a diagnosis: in our runs GRPO did not learn it either,
+    docs/evidence.md)."""
     target_judge: float = 0.65
-    """Gate: judging accuracy (both presentation orders) it must reach on the check pairs; 0.5 is chance, and also
-    what a judge that always names the same position gets."""
+    """Gate with taught verdicts: judging accuracy (both presentation orders) it must reach on the check pairs; 0.5
+    is chance, and also what a judge that always names the same position gets."""
+    target_verdicts: float = 0.95
+    """Gate with random verdicts: share of check judgments (greedy, both orders) that parse as a ranking. (Their
+    greedy verdicts may all name one position, since both are equally likely to the model: what GRPO needs is the
+    sampled verdicts, which are coin flips by construction.)"""
     extra_steps: int = 300
     """Steps of each further cycle (peak ``lr / 2``) while a target is missed."""
     max_extra_cycles: int = 4
@@ -167,7 +181,9 @@ def solve_example(problem: Problem, noise: float, rng: random.Random) -> tuple[l
     return PLAYER.messages(OpenRow(source="warm", index=0, prompt=problem.prompt)), boxed(answer)
 
 
-def judge_example(problem: Problem, noise: float, rng: random.Random) -> tuple[list[dict], str]:
+def judge_example(
+    problem: Problem, noise: float, rng: random.Random, verdicts: VerdictTeaching = "taught"
+) -> tuple[list[dict], str]:
     """A judging task over a shuffled pair of candidates (one of them right) as (referee messages, target).
 
     The target reasons before its verdict, as the referee template asks: its own answer, then each shown candidate
@@ -175,24 +191,26 @@ def judge_example(problem: Problem, noise: float, rng: random.Random) -> tuple[l
     ``\\boxed{12} \\boxed{14} no \\boxed{12} yes <ranking>B > A</ranking>``. (A tiny model trained briefly cannot
     compare two numbers it has not written next to each other; spelled out, the check is learned in minutes.)
     With probability ``noise`` the referee's own answer is a wrong one, and its checks and ranking follow it: a
-    consistent referee that makes an arithmetic slip.
+    consistent referee that makes an arithmetic slip. With ``verdicts='random'`` the ranking is a coin flip instead
+    (the reasoning before it is kept).
     """
     values = candidates(problem, 2, True, rng)
     order = shuffled_order(2, rng)
     own = problem.truth
     if rng.random() < noise:
         own = max(0, own + rng.choice(DISTRACTOR_OFFSETS))
-    return REFEREE.messages(problem.prompt, [boxed(v) for v in values], order), judge_target(
-        own, [values[i] for i in order]
-    )
+    shown = [values[i] for i in order]
+    ranking = shuffled_order(len(shown), rng) if verdicts == "random" else None
+    return REFEREE.messages(problem.prompt, [boxed(v) for v in values], order), judge_target(own, shown, ranking)
 
 
-def judge_target(own: int, shown: Sequence[int]) -> str:
+def judge_target(own: int, shown: Sequence[int], ranking: Sequence[int] | None = None) -> str:
     """The referee's reasoning and verdict: its own answer, a yes/no check of each shown candidate against it, and
-    the ranking by closeness to it (stable: ties keep the shown order)."""
+    the ranking by closeness to it (stable: ties keep the shown order), or ``ranking`` (shown positions, best first)
+    when given."""
     checks = " ".join(f"{boxed(v)} {'yes' if v == own else 'no'}" for v in shown)
     labels = REFEREE.labels(len(shown))
-    ranked = sorted(range(len(shown)), key=lambda k: abs(shown[k] - own))
+    ranked = list(ranking) if ranking is not None else sorted(range(len(shown)), key=lambda k: abs(shown[k] - own))
     verdict = f"{REFEREE.open_tag}{' > '.join(labels[k] for k in ranked)}{REFEREE.close_tag}"
     return f"{boxed(own)} {checks} {verdict}"
 
@@ -209,7 +227,7 @@ def examples(problems: list[Problem], cfg: WarmStartConfig, tokenizer, rng: rand
     for _ in range(count):
         problem = rng.choice(problems)
         if rng.random() < cfg.judge_share:
-            out.append(encode(tokenizer, *judge_example(problem, cfg.judge_noise, rng)))
+            out.append(encode(tokenizer, *judge_example(problem, cfg.judge_noise, rng, cfg.verdicts)))
         else:
             out.append(encode(tokenizer, *solve_example(problem, cfg.solve_noise, rng)))
     return out
@@ -272,11 +290,11 @@ def check_set(split: Split, world: WorldConfig):
 
 def missed_targets(scores: dict[str, float], cfg: WarmStartConfig) -> list[str]:
     """The targets a warm start's check scores miss, as readable lines (empty: it may start RL)."""
-    wanted = {
-        "open_accuracy": cfg.target_solve,
-        "verifiable_accuracy": cfg.target_solve,
-        "referee_accuracy": cfg.target_judge,
-    }
+    wanted = {"open_accuracy": cfg.target_solve, "verifiable_accuracy": cfg.target_solve}
+    if cfg.verdicts == "taught":
+        wanted["referee_accuracy"] = cfg.target_judge
+    else:
+        wanted["referee_parsed"] = cfg.target_verdicts
     return [f"{k} {scores[k]:.3f} < {v:.2f}" for k, v in wanted.items() if scores[k] < v]
 
 
