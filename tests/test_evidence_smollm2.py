@@ -37,10 +37,10 @@ def world(tmp_path_factory):
 def test_pools_are_disjoint_and_a_sum_and_its_word_problem_share_one_pool():
     pools = split_problems(RealWorldConfig())
     problems = [p for name in POOLS for kind in ("verifiable", "open") for p in pools[name][kind]]
-    assert len(problems) == len(set(problems)) == 58 * 8
+    assert len(problems) == len(set(problems)) == 28 * 8
     pool_of = {(p.a, p.b): name for name in POOLS for kind in ("verifiable", "open") for p in pools[name][kind]}
     assert len(pool_of) == len(problems)  # each (a, b) asked in one form only
-    assert len(pools["heldout"]["open"]) == len(pools["heldout"]["verifiable"]) == 40
+    assert len(pools["heldout"]["open"]) == len(pools["heldout"]["verifiable"]) == 30
 
 
 def test_rows_carry_the_right_truth_and_open_rows_none(world):
@@ -86,7 +86,7 @@ def test_a_pretrained_model_below_its_targets_fails_loudly(tmp_path, world):
         prepare_pretrained(tmp_path / "start", files, GateConfig(model=str(model)))
     assert issubclass(PretrainedGateError, WarmStartError)
     failed = json.loads((tmp_path / "start" / "pretrained_failed.json").read_text())
-    assert set(failed["checks"][0]) == {"step", "open_accuracy", "verifiable_accuracy", "referee_accuracy"}
+    assert {"step", "open_accuracy", "verifiable_accuracy", "referee_accuracy"} <= set(failed["checks"][0])
     assert not (tmp_path / "start" / "pretrained.json").exists()  # never reused
 
 
@@ -101,11 +101,8 @@ def test_one_seed_smoke_run_of_the_smollm2_world_on_a_tiny_stand_in(tmp_path):
     runs = document["runs"]
     assert {"warm_start/0", "urpo/0", "referee/0", "separate_referee/0", "verifiable_only/0"} <= set(runs)
     start = runs["warm_start/0"]
-    assert start["checks"][0]["step"] == 0 and set(start["scores"]) == {
-        "open_accuracy",
-        "verifiable_accuracy",
-        "referee_accuracy",
-    }
+    assert start["checks"][0]["step"] == 0
+    assert {"open_accuracy", "verifiable_accuracy", "referee_accuracy", "referee_parsed"} <= set(start["scores"])
     # Step 0 is the pretrained model's own held-out scores, not scored again; then every step.
     history = runs["urpo/0"]["history"]
     assert [h["step"] for h in history] == [0, 1, 2]

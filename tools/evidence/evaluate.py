@@ -56,8 +56,8 @@ def solve_accuracy(model, tokenizer, records: Sequence[dict], spec: WorldSpec = 
     return sum(a == r["truth"] for a, r in zip(answers, records)) / max(len(records), 1)
 
 
-def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow], spec: WorldSpec = ARITHMETIC) -> float:
-    """``urpo eval-referee``'s overall accuracy with greedy judgments."""
+def referee_report(model, tokenizer, rows: Sequence[PreferenceRow], spec: WorldSpec = ARITHMETIC) -> dict:
+    """``urpo eval-referee``'s overall report with greedy judgments (accuracy, parse failures, position consistency)."""
     report = evaluate_referee(
         rows,
         ["all"] * len(rows),
@@ -65,15 +65,24 @@ def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow], spec: Worl
         spec.referee,
         lambda messages: render_chat(tokenizer, messages),
     )
-    return report["overall"]["accuracy"] or 0.0
+    return report["overall"]
+
+
+def referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow], spec: WorldSpec = ARITHMETIC) -> float:
+    """``urpo eval-referee``'s overall accuracy with greedy judgments."""
+    return referee_report(model, tokenizer, rows, spec)["accuracy"] or 0.0
 
 
 def evaluate(model, tokenizer, held: HeldOut, spec: WorldSpec = ARITHMETIC) -> dict[str, float]:
-    """All three held-out scores of one model."""
+    """All three held-out scores of one model, and how its judgments fail: ``referee_parsed`` (share of judgments
+    with a valid ranking) and ``referee_accuracy_parsed`` (accuracy over those; None when none parsed)."""
+    judged = referee_report(model, tokenizer, held.preference, spec)
     return {
         "open_accuracy": solve_accuracy(model, tokenizer, held.open, spec),
         "verifiable_accuracy": solve_accuracy(model, tokenizer, held.verifiable, spec),
-        "referee_accuracy": referee_accuracy(model, tokenizer, held.preference, spec),
+        "referee_accuracy": judged["accuracy"] or 0.0,
+        "referee_parsed": 1.0 - (judged["parse_failure_rate"] or 0.0),
+        "referee_accuracy_parsed": judged["accuracy_parsed"],
     }
 
 

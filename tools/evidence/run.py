@@ -163,7 +163,7 @@ def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLC
     if args.smoke:
         # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
         warm = replace(warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0)
-        rl = replace(rl, steps=min(args.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
+        rl = replace(rl, steps=min(rl.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
     return world, warm, rl
 
 

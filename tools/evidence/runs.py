@@ -132,8 +132,18 @@ def rewards_for(run: str, cfg: RLConfig, seed: int, files: dict[str, str], refer
     return table[run]()
 
 
-STEP_PREFIXES = ("reward/", "groups/", "rows/", "advantage/", "train/loss", "train/grad_norm", "train/entropy")
-"""Per-step metrics the runs keep: rewards, the zero-variance share and spread of groups per kind, the update."""
+STEP_PREFIXES = (
+    "reward/",
+    "groups/",
+    "rows/",
+    "advantage/",
+    "train/loss",
+    "train/grad_norm",
+    "train/entropy",
+    "time/",
+)
+"""Per-step metrics the runs keep: rewards, the zero-variance share and spread of groups per kind, the update, and
+urpo's step timings (``time/step`` and its phases: rollout, rewards, update)."""
 
 
 class StepRecorder(L.Callback):

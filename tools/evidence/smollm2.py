@@ -114,14 +114,15 @@ class RealWorldConfig:
     """Sizes of the real-model world; the defaults are what ``python -m tools.evidence.run --world smollm2`` uses."""
 
     min_a: int = 2
-    max_a: int = 60
-    """``a`` is in ``[min_a, max_a)``."""
+    max_a: int = 30
+    """``a`` is in ``[min_a, max_a)``: one digit (greedy SmolLM2 solved 40% of such sums and 63% of such word
+    problems when the world was chosen) or two."""
     min_b: int = 2
     max_b: int = 10
     """``b`` is in ``[min_b, max_b)``."""
-    heldout: int = 40
+    heldout: int = 30
     """Held-out problems per form (scored, never trained on), and held-out preference rows."""
-    check: int = 30
+    check: int = 20
     """Problems per form, and preference rows, that only the pretrained model's gate scores."""
     judge_share: float = 0.3
     """Share of the remaining problems of each form used for RL preference rows (the rest: RL solve rows)."""
