@@ -7,7 +7,7 @@ scores in both roles are measured on check sets before RL (:mod:`tools.evidence.
 Problems add a one- or two-digit number ``a`` and a one-digit ``b``, asked two ways, as math and chat are in the
 paper's mix:
 
-* ``verifiable`` rows: ``What is 23 + 5?`` with the answer (rule-checked by :class:`~urpo.rewards.MathVerifier`);
+* ``verifiable`` rows: ``What is 23 + 5?`` with the answer (rule-checked by :class:`LastNumberVerifier`);
 * ``open`` rows: the same sum as a short word problem (``Tom has 23 apples and gets 5 more. ...``) WITHOUT its
   answer; the truth is kept aside for the evaluation and the training-time probe;
 * ``preference`` rows: a problem of either form with two responses, the right equation and a worse one (a near
@@ -138,8 +138,7 @@ POOLS = ("heldout", "check", "rl_solve", "rl_judge")
 def split_problems(cfg: RealWorldConfig) -> dict[str, dict[str, list[Problem]]]:
     """``pools[pool][kind]``: each form's problems partitioned into :data:`POOLS` (disjoint, seeded by ``cfg.seed``).
 
-    A sum and its word problem are one problem: both forms of it go to the same pool, so no held-out word
-    problem is trained on as a sum."""
+    Every ``(a, b)`` is asked in one form only, so no held-out word problem is trained on as a sum, or the reverse."""
     rng = random.Random(f"smollm2-world:{cfg.seed}")
     pairs = [(a, b) for a in range(cfg.min_a, cfg.max_a) for b in range(cfg.min_b, cfg.max_b)]
     rng.shuffle(pairs)
@@ -188,8 +187,8 @@ def _both(pools: dict[str, dict[str, list[Problem]]], pool: str) -> list[Problem
     return pools[pool]["verifiable"] + pools[pool]["open"]
 
 
-def _interleaved(problems: Sequence[Problem], count: int, rng: random.Random) -> list[Problem]:
-    """``count`` problems drawn evenly from both forms (held-out and check judging sets)."""
+def _sample(problems: Sequence[Problem], count: int, rng: random.Random) -> list[Problem]:
+    """``count`` problems drawn at random (the held-out and check judging sets: both forms, mixed)."""
     chosen = list(problems)
     rng.shuffle(chosen)
     return chosen[:count]
@@ -204,18 +203,16 @@ def write_world(folder: Path, cfg: RealWorldConfig = RealWorldConfig()) -> dict[
     pools, rng = split_problems(cfg), random.Random(f"smollm2-rows:{cfg.seed}")
     solve = pools["rl_solve"]
     train = [{"kind": "verifiable", "prompt": p.prompt, "answer": str(p.truth)} for p in solve["verifiable"]]
-    train += [{"kind": "open", "prompt": p.prompt} for p in pools["rl_solve"]["open"]]
+    train += [{"kind": "open", "prompt": p.prompt} for p in solve["open"]]
     train += preference_records(_both(pools, "rl_judge"), cfg, rng)
     files = {"train": write_jsonl(folder / "train.jsonl", train)}
-    files["truth_open_train"] = write_jsonl(
-        folder / "truth_open_train.jsonl", [truth_record(p) for p in pools["rl_solve"]["open"]]
-    )
+    files["truth_open_train"] = write_jsonl(folder / "truth_open_train.jsonl", [truth_record(p) for p in solve["open"]])
     for prefix, pool, size in (("eval", "heldout", cfg.heldout), ("check", "check", cfg.check)):
         for kind in ("open", "verifiable"):
             files[f"{prefix}_{kind}"] = write_jsonl(
                 folder / f"{prefix}_{kind}.jsonl", [truth_record(p) for p in pools[pool][kind]]
             )
-        judged = _interleaved(_both(pools, pool), size, rng)
+        judged = _sample(_both(pools, pool), size, rng)
         files[f"{prefix}_preference"] = write_jsonl(
             folder / f"{prefix}_preference.jsonl", preference_records(judged, cfg, rng)
         )
