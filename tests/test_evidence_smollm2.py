@@ -11,9 +11,9 @@ import pytest
 from tools.evidence.smollm2 import (
     NO_ANSWER,
     POOLS,
-    LastNumberVerifier,
+    NumberVerifier,
     RealWorldConfig,
-    last_number,
+    answer_number,
     split_problems,
     write_world,
 )
@@ -37,10 +37,10 @@ def world(tmp_path_factory):
 def test_pools_are_disjoint_and_a_sum_and_its_word_problem_share_one_pool():
     pools = split_problems(RealWorldConfig())
     problems = [p for name in POOLS for kind in ("verifiable", "open") for p in pools[name][kind]]
-    assert len(problems) == len(set(problems)) == 28 * 8
+    assert len(problems) == len(set(problems)) == 18 * 9
     pool_of = {(p.a, p.b): name for name in POOLS for kind in ("verifiable", "open") for p in pools[name][kind]}
     assert len(pool_of) == len(problems)  # each (a, b) asked in one form only
-    assert len(pools["heldout"]["open"]) == len(pools["heldout"]["verifiable"]) == 30
+    assert len(pools["heldout"]["open"]) == len(pools["heldout"]["verifiable"]) == 25
 
 
 def test_rows_carry_the_right_truth_and_open_rows_none(world):
@@ -53,9 +53,9 @@ def test_rows_carry_the_right_truth_and_open_rows_none(world):
             assert set(record) == {"kind", "prompt"} and _WORDS.fullmatch(record["prompt"])
         else:
             best = max(range(2), key=lambda i: record["scores"][i])
-            assert last_number(record["responses"][best]) == _truth(record["prompt"]) and record["scores"][best] == 0
+            assert answer_number(record["responses"][best]) == _truth(record["prompt"]) and record["scores"][best] == 0
             worse = record["responses"][1 - best]
-            assert worse == NO_ANSWER or 0 < abs(last_number(worse) - _truth(record["prompt"])) <= 2
+            assert worse == NO_ANSWER or 0 < abs(answer_number(worse) - _truth(record["prompt"])) <= 2
     train_prompts = {r["prompt"] for r in train}
     for prefix in ("eval", "check"):
         for kind in ("open", "verifiable"):
@@ -67,10 +67,14 @@ def test_rows_carry_the_right_truth_and_open_rows_none(world):
     assert {t["prompt"] for t in truths} == {r["prompt"] for r in train if r["kind"] == "open"}
 
 
-def test_answers_are_read_as_the_last_number_by_the_evaluation_and_the_reward():
-    replies = ["Mia has 5 cards and gets 4 more, so she has 5 + 4 = 9 cards.", "The answer is 1,024.", "I am not sure."]
-    assert [last_number(r) for r in replies] == [9, 1024, None]
-    verifier = LastNumberVerifier()
+def test_answers_are_read_the_same_way_by_the_evaluation_and_the_reward():
+    replies = [
+        "Mia has 5 cards and gets 4 more, so she has 5 + 4 = 9 cards.\nThere are now 9 cards. Mia has 5 +",
+        "The answer is 1,024.",
+        "I am not sure.",
+    ]
+    assert [answer_number(r) for r in replies] == [9, 1024, None]  # the equation's result, else the last number
+    verifier = NumberVerifier()
     assert [verifier.extract(r) for r in replies] == ["9", "1024", None]
     assert verifier.is_correct(verifier.extract(replies[0]), "9")
 
@@ -81,7 +85,7 @@ def test_a_pretrained_model_below_its_targets_fails_loudly(tmp_path, world):
 
     model = build_tiny_model(tmp_path / "tiny")  # random weights: solves nothing
     files = {k: str(v) for k, v in world.items()}
-    missed = r"missed its targets on the check sets: open_accuracy 0\.000 < 0\.20"
+    missed = r"missed its targets on the check sets: open_accuracy 0\.000 < 0\.15"
     with pytest.raises(PretrainedGateError, match=missed):
         prepare_pretrained(tmp_path / "start", files, GateConfig(model=str(model)))
     assert issubclass(PretrainedGateError, WarmStartError)

