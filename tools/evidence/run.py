@@ -169,20 +169,20 @@ def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLC
 
 SMOLLM2_RL = RLConfig(
     world="smollm2",
-    steps=7,
+    steps=5,
     lr=2e-5,
     max_new_tokens=32,
     temperature=0.7,
     judge_temperature=0.5,
     judge_max_new_tokens=8,
     judgments_per_group=2,
-    eval_every=7,
+    eval_every=5,
     eval_at_start=False,
 )
 """The smollm2 world's runs: configs/demo.yaml's GRPO settings (lr 2e-5, rollouts at T = 0.7, 2 judgments per
 open group at T = 0.5 with a few tokens, as its verdict comes first), 6 rows x G = 4 per step like the toy world,
-and as many steps as fit 3 seeds x 4 runs into an hour on 2 idle cores (a step takes about a minute on one core:
-docs/evidence.md); scored at the start (once, for all runs) and at the end."""
+and as many steps as fit 3 seeds x 4 runs into an hour on 2 idle cores (a step takes about 80 s on
+one core: docs/evidence.md); scored at the start (once, for all runs) and at the end."""
 
 
 def real_configs(args: argparse.Namespace):
