@@ -90,8 +90,8 @@ def anatomy(model_dir: str, files: dict[str, str]) -> dict[str, float]:
     the truth, and its ranking against its own answer (greedy, both presentation orders)."""
     from transformers import AutoModelForCausalLM
 
-    from tools.evidence.evaluate import HeldOut, answer_of
-    from tools.evidence.world import REFEREE
+    from tools.evidence.evaluate import HeldOut
+    from tools.evidence.world import REFEREE, answer_of
     from urpo.args import ModelArgs
     from urpo.engines.hf_engine import complete
     from urpo.judging import read_verdict

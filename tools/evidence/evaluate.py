@@ -1,7 +1,7 @@
 """Held-out scores of a model: solving (greedy answer vs the kept-aside truth) and judging (held-out preference rows).
 
-* ``open_accuracy`` / ``verifiable_accuracy``: share of held-out subtraction / addition problems whose greedy answer's
-  last ``\\boxed{}`` holds the true integer.
+* ``open_accuracy`` / ``verifiable_accuracy``: share of held-out open-style / verifiable problems whose greedy
+  answer's last ``\\boxed{}`` holds the true integer.
 * ``referee_accuracy``: ``urpo eval-referee``'s accuracy (:func:`urpo.referee_eval.evaluate_referee`): every held-out
   preference row is judged greedily in both presentation orders; a judgment scores its pairwise accuracy against the
   gold order (for pairs: 1 if the better answer is ranked first), 0 when it does not parse;
@@ -23,8 +23,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tools.evidence.world import PLAYER, REFEREE, read_jsonl
-from urpo.boxed import last_boxed
+from tools.evidence.spec import WorldSpec, world_spec
+from tools.evidence.world import read_jsonl
 from urpo.data.formats import adapt_generic
 from urpo.data.schema import OpenRow, PreferenceRow
 from urpo.engines.hf_engine import complete
@@ -41,82 +41,88 @@ class HeldOut:
     preference: list[PreferenceRow]
 
     @classmethod
-    def load(cls, files: dict[str, Path], limit: int | None = None) -> HeldOut:
-        prefs = [
-            adapt_generic(r, source="eval_preference", index=i)
-            for i, r in enumerate(read_jsonl(files["eval_preference"]))
-        ]
-        return cls(read_jsonl(files["eval_open"])[:limit], read_jsonl(files["eval_verifiable"])[:limit], prefs[:limit])
+    def load(cls, files: dict[str, Path], limit: int | None = None, prefix: str = "eval") -> HeldOut:
+        """The sets ``{prefix}_open``, ``{prefix}_verifiable`` and ``{prefix}_preference`` of a world's files
+        (``check``: the sets only a gate scores), the first ``limit`` rows of each."""
+        name = f"{prefix}_preference"
+        prefs = [adapt_generic(r, source=name, index=i) for i, r in enumerate(read_jsonl(files[name]))]
+        solve = [read_jsonl(files[f"{prefix}_{kind}"])[:limit] for kind in ("open", "verifiable")]
+        return cls(*solve, prefs[:limit])
 
 
-def answer_of(text: str) -> int | None:
-    """The integer in the last ``\\boxed{}``, or None."""
-    try:
-        content = last_boxed(text)
-    except ValueError:
-        return None
-    return int(content) if content is not None and content.isdigit() else None
+ARITHMETIC = world_spec("arithmetic")
+"""The toy world's prompts: the default of every function here."""
 
 
-def solve_accuracy(model, tokenizer, records: Sequence[dict]) -> float:
+def solve_accuracy(model, tokenizer, records: Sequence[dict], spec: WorldSpec = ARITHMETIC) -> float:
     """Share of problems whose greedy answer equals the truth."""
     prompts = [
-        render_chat(tokenizer, PLAYER.messages(OpenRow(source="eval", index=0, prompt=r["prompt"]))) for r in records
+        render_chat(tokenizer, spec.player.messages(OpenRow(source="eval", index=0, prompt=r["prompt"])))
+        for r in records
     ]
-    answers = [answer_of(t) for t in complete(model, tokenizer, prompts, max_new_tokens=10)]
+    answers = [spec.read_answer(t) for t in complete(model, tokenizer, prompts, max_new_tokens=spec.answer_tokens)]
     return sum(a == r["truth"] for a, r in zip(answers, records)) / max(len(records), 1)
 
 
-def referee_scores(model, tokenizer, rows: Sequence[PreferenceRow]) -> dict[str, float]:
-    """``urpo eval-referee``'s overall accuracy with greedy judgments, the share that parsed and the share that rank
-    the first shown answer best (position bias)."""
+def referee_report(
+    model, tokenizer, rows: Sequence[PreferenceRow], spec: WorldSpec = ARITHMETIC, temperature: float | None = None
+) -> dict:
+    """``urpo eval-referee``'s overall report (accuracy, parse failures, position consistency and bias), with greedy
+    judgments, or sampled at ``temperature``."""
     report = evaluate_referee(
         rows,
         ["all"] * len(rows),
-        lambda prompts: complete(model, tokenizer, prompts, max_new_tokens=32),
-        REFEREE,
+        lambda prompts: complete(
+            model, tokenizer, prompts, max_new_tokens=spec.judgment_tokens, temperature=temperature
+        ),
+        spec.referee,
         lambda messages: render_chat(tokenizer, messages),
     )
-    overall = report["overall"]
-    with torch.random.fork_rng(devices=[]):  # the same draws at every evaluation, and training's RNG untouched
+    return report["overall"]
+
+
+def sampled_referee_accuracy(model, tokenizer, rows: Sequence[PreferenceRow], spec: WorldSpec = ARITHMETIC) -> float:
+    """Held-out judging with the judgments sampled at temperature 1 (RL's rollouts), the same draws every time."""
+    with torch.random.fork_rng(devices=[]):  # training's RNG stream is left untouched
         torch.manual_seed(0)
-        sampled = evaluate_referee(
-            rows,
-            ["all"] * len(rows),
-            lambda prompts: complete(model, tokenizer, prompts, max_new_tokens=32, temperature=1.0),
-            REFEREE,
-            lambda messages: render_chat(tokenizer, messages),
-        )
-    return {
-        "referee_accuracy": overall["accuracy"] or 0.0,
-        "referee_sampled_accuracy": sampled["overall"]["accuracy"] or 0.0,
-        "referee_parsed": 1.0 - (overall["parse_failure_rate"] or 0.0),
-        "referee_first_shown_top": overall["first_shown_top"] if overall["first_shown_top"] is not None else math.nan,
-    }
+        return referee_report(model, tokenizer, rows, spec, temperature=1.0)["accuracy"] or 0.0
 
 
-def evaluate(model, tokenizer, held: HeldOut) -> dict[str, float]:
-    """All three held-out scores of one model."""
+def evaluate(model, tokenizer, held: HeldOut, spec: WorldSpec = ARITHMETIC) -> dict[str, float]:
+    """All three held-out scores of one model, and how its judgments fail: ``referee_parsed`` (share of judgments
+    with a valid ranking) and ``referee_accuracy_parsed`` (accuracy over those; None when none parsed)."""
+    judged = referee_report(model, tokenizer, held.preference, spec)
     return {
-        "open_accuracy": solve_accuracy(model, tokenizer, held.open),
-        "verifiable_accuracy": solve_accuracy(model, tokenizer, held.verifiable),
-        **referee_scores(model, tokenizer, held.preference),
+        "open_accuracy": solve_accuracy(model, tokenizer, held.open, spec),
+        "verifiable_accuracy": solve_accuracy(model, tokenizer, held.verifiable, spec),
+        "referee_accuracy": judged["accuracy"] or 0.0,
+        "referee_sampled_accuracy": sampled_referee_accuracy(model, tokenizer, held.preference, spec),
+        "referee_parsed": 1.0 - (judged["parse_failure_rate"] or 0.0),
+        "referee_accuracy_parsed": judged["accuracy_parsed"],
+        "referee_first_shown_top": judged["first_shown_top"] if judged["first_shown_top"] is not None else math.nan,
     }
 
 
 class EvalCallback(L.Callback):
-    """Scores the policy on the held-out sets before training and every ``every`` optimizer steps."""
+    """Scores the policy on the held-out sets before training and every ``every`` optimizer steps.
 
-    def __init__(self, held: HeldOut, every: int) -> None:
-        self.held, self.every = held, every
-        self.history: list[dict[str, float]] = []
+    ``start``: the scores of the model training starts from, when already known (a pretrained model scored once for
+    every run: greedy decoding of the same weights gives the same scores), so step 0 is not scored again.
+    """
+
+    def __init__(
+        self, held: HeldOut, every: int, spec: WorldSpec = ARITHMETIC, start: dict[str, float] | None = None
+    ) -> None:
+        self.held, self.every, self.spec = held, every, spec
+        self.history: list[dict[str, float]] = [{"step": 0, **start}] if start else []
 
     def _record(self, module) -> None:
-        scores = evaluate(module.policy, module.tokenizer, self.held)
+        scores = evaluate(module.policy, module.tokenizer, self.held, self.spec)
         self.history.append({"step": module.global_step, **scores})
 
     def on_train_start(self, trainer, module) -> None:
-        self._record(module)
+        if not self.history:
+            self._record(module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = module.global_step

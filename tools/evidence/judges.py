@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tools.evidence.evaluate import answer_of
-from tools.evidence.world import read_jsonl
+from tools.evidence.spec import world_spec
+from tools.evidence.world import answer_of, read_jsonl
 from urpo.engines.hf_engine import HFGenerateEngine
 from urpo.episode import Episode
 from urpo.rewards.base import RewardContext, RewardResult
@@ -31,9 +31,9 @@ MISSING_ANSWER_DISTANCE = 1000
 """True distance given to an answer without a readable ``\\boxed{}`` integer: worse than any real answer."""
 
 
-def true_distances(completions: Sequence[str], truth: int) -> list[int]:
-    """Distance of each completion's answer to the truth."""
-    answers = [answer_of(c) for c in completions]
+def true_distances(completions: Sequence[str], truth: int, read: Callable[[str], int | None] = answer_of) -> list[int]:
+    """Distance of each completion's answer (as ``read`` finds it) to the truth."""
+    answers = [read(c) for c in completions]
     return [MISSING_ANSWER_DISTANCE if a is None else abs(a - truth) for a in answers]
 
 
@@ -54,6 +54,8 @@ class TruthProbe:
     """Mixin for open-row judges: adds ``truth_agreement`` and ``open_correct`` to the metrics of :meth:`score`."""
 
     truth_path: str | None
+    world: str = "arithmetic"
+    """Whose answer format the probe reads (:func:`tools.evidence.spec.world_spec`)."""
     _truth: dict[str, int] | None = None
 
     def probe(self, episodes: Sequence[Episode], result: RewardResult) -> RewardResult:
@@ -66,7 +68,7 @@ class TruthProbe:
             truth = self._truth.get(episode.row.prompt)
             if episode.row.kind != "open" or truth is None:
                 continue
-            distances = true_distances(episode.completions, truth)
+            distances = true_distances(episode.completions, truth, world_spec(self.world).read_answer)
             h, p = truth_agreement(result.rewards[i].tolist(), distances)
             hits, pairs = hits + h, pairs + p
             correct, total = correct + sum(d == 0 for d in distances), total + len(distances)
@@ -78,9 +80,9 @@ class TruthProbe:
 class ProbedSelfJudge(TruthProbe, SelfJudge):
     """URPO's SelfJudge, plus the truth probe (``truth_path``: the kept-aside answers of the open rows)."""
 
-    def __init__(self, truth_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, truth_path: str | None = None, world: str = "arithmetic", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.truth_path = truth_path
+        self.truth_path, self.world = truth_path, world
 
     def score(self, episodes: Sequence[Episode]) -> RewardResult:
         return self.probe(episodes, super().score(episodes))
@@ -97,7 +99,7 @@ class FrozenJudge(ProbedSelfJudge):
 
     def __init__(self, referee_path: str, truth_path: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("name", "frozen_judge")
-        super().__init__(truth_path=truth_path, **kwargs)
+        super().__init__(truth_path, **kwargs)
         self.referee_path = referee_path
         self.referee_model: torch.nn.Module | None = None
 

@@ -133,6 +133,9 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(meta["seeds"])
+    # The arithmetic world judges every held-out problem of both operations; the smollm2 world a set of its own.
+    per_problem = meta.get("world_name", "arithmetic") == "arithmetic"
+    preference_rows = 2 * meta["world"]["heldout"] if per_problem else meta["world"]["heldout"]
     warm = (
         "trained once per seed (seed s: warm start s, then RL seed s), so the spread covers both."
         if meta["warm_per_seed"]
@@ -141,7 +144,7 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     notes = [
         "",
         f"Mean ± sample std over {n} seeds ({', '.join(map(str, meta['seeds']))}), in percent; held-out sets of "
-        f"{meta['world']['heldout']} problems per operation and {2 * meta['world']['heldout']} preference rows.",
+        f"{meta['world']['heldout']} problems per operation and {preference_rows} preference rows.",
         f"Every RL run: {meta['rl']['steps']} steps x {meta['rl']['prompts_per_step']} prompts x G = "
         f"{meta['rl']['num_generations']}. The separate referee was trained for the same {meta['rl']['steps']} "
         "steps on as many preference rows per step as URPO sees, then frozen"

@@ -6,6 +6,10 @@ URPO, the separate frozen referee and the policy it rewards (the paper's baselin
 from that warm start on the same budget and with the same seed; scores every run on the held-out sets and writes
 ``results.json``, ``results.md`` and plots to ``docs/evidence/`` (see :mod:`tools.evidence.report`).
 
+``--world smollm2`` does the same on a real model (:mod:`tools.evidence.smollm2`): SmolLM2-135M-Instruct as
+pretrained, measured and gated in both roles before RL (:mod:`tools.evidence.pretrained`), the same four runs
+from it, 3 seeds; results go to ``docs/evidence/smollm2/``.
+
 Runs go to ``--workers`` processes of one thread each (2 fit a 2-core machine); whatever the order they finish in,
 the numbers are the same, since every run is seeded and single-threaded.
 """
@@ -25,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.evidence` importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.evidence.runs import RLConfig, execute
+from tools.evidence.spec import WORLDS
 from tools.evidence.warm_start import WarmStartConfig
 from tools.evidence.world import WorldConfig, write_world
 
@@ -37,11 +42,15 @@ def plan(
     work: Path,
     files: dict[str, str],
     rl: RLConfig,
-    warm: WarmStartConfig,
+    warm: Any,
     warm_per_seed: bool,
     workers: int = 1,
+    warm_kind: str = "warm",
 ) -> dict[str, dict[str, Any]]:
-    """Every task with its dependencies, longest chains first (warm start -> referee -> baseline)."""
+    """Every task with its dependencies, longest chains first (warm start -> referee -> baseline).
+
+    ``warm_kind``: ``warm`` trains a warm start from ``warm`` (a :class:`WarmStartConfig`); ``pretrained`` saves and
+    gates a pretrained model (``warm``: a :class:`~tools.evidence.pretrained.GateConfig`)."""
     tasks: dict[str, dict[str, Any]] = {}
     common = {"files": files, "rl": asdict(rl)}
     for seed in seeds:
@@ -51,7 +60,7 @@ def plan(
         tasks.setdefault(
             warm_name,
             {
-                "kind": "warm",
+                "kind": warm_kind,
                 "seed": warm_seed,
                 "out": warm_dir,
                 "warm": asdict(warm),
@@ -109,13 +118,19 @@ def _brief(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="URPO's claims in miniature, on a CPU (docs/evidence.md).")
     parser.add_argument(
+        "--world",
+        choices=WORLDS,
+        default="arithmetic",
+        help="arithmetic: a tiny model warm-started from scratch (default); smollm2: SmolLM2-135M-Instruct, pretrained",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
-        default=[0, 1, 2, 3, 4],
-        help="seeds (default: 0 1 2 3 4); seed s trains warm start s, then every RL run with seed s",
+        default=None,
+        help="seeds (default: 0 1 2 3 4; smollm2: 0 1 2); seed s trains warm start s, then every RL run with seed s",
     )
-    parser.add_argument("--steps", type=int, default=RLConfig.steps, help="RL steps of every run")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps of every run (default: the world's)")
     parser.add_argument("--warm-steps", type=int, default=WarmStartConfig.steps, help="supervised warm-start steps")
     parser.add_argument(
         "--warm-verdicts",
@@ -131,36 +146,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one warm start (the first seed's) for every seed, instead of one per seed",
     )
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one thread each (default: 2)")
-    parser.add_argument("--out", type=Path, default=Path("docs/evidence"), help="where results and plots go")
-    parser.add_argument("--work", type=Path, default=Path("build/evidence"), help="models and data files")
+    parser.add_argument("--out", type=Path, default=None, help="where results and plots go (default: docs/evidence)")
+    parser.add_argument("--work", type=Path, default=None, help="models and data files (default: build/evidence)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="smollm2 world: the starting model (default: SmolLM2-135M-Instruct from PyPI; the tests pass a tiny one)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny configuration that only checks the pipeline")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    real = args.world == "smollm2"
+    args.seeds = args.seeds or ([0, 1, 2] if real else [0, 1, 2, 3, 4])
+    args.out = args.out or Path("docs/evidence/smollm2" if real else "docs/evidence")
+    args.work = args.work or Path("build/evidence/smollm2" if real else "build/evidence")
+    if args.model and not real:
+        parser.error("--model is for --world smollm2 (the arithmetic world trains its own model)")
+    return args
 
 
 def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLConfig]:
-    world, rl = WorldConfig(), RLConfig(steps=args.steps)
+    steps = {} if args.steps is None else {"steps": args.steps}
+    world, rl = WorldConfig(), RLConfig(**steps)
     warm = WarmStartConfig(steps=args.warm_steps, verdicts=args.warm_verdicts)
     if args.smoke:
         # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
         warm = replace(
             warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0, target_verdicts=0.0
         )
-        rl = replace(rl, steps=min(args.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
+        rl = replace(rl, steps=min(rl.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
     return world, warm, rl
+
+
+SMOLLM2_RL = RLConfig(
+    world="smollm2",
+    steps=5,
+    lr=2e-5,
+    max_new_tokens=32,
+    temperature=0.7,
+    judge_temperature=0.5,
+    judge_max_new_tokens=8,
+    judgments_per_group=2,
+    eval_every=5,
+    eval_at_start=False,
+)
+"""The smollm2 world's runs: configs/demo.yaml's GRPO settings (lr 2e-5, rollouts at T = 0.7, 2 judgments per
+open group at T = 0.5 with a few tokens, as its verdict comes first), 6 rows x G = 4 per step like the toy world,
+and as many steps as fit 3 seeds x 4 runs into an hour on 2 idle cores (a step takes about 80 s on
+one core: docs/evidence.md); scored at the start (once, for all runs) and at the end."""
+
+
+def real_configs(args: argparse.Namespace):
+    """The smollm2 world's settings: (world, gate, RL); ``--smoke`` shrinks them and turns the gate off."""
+    from tools.evidence.pretrained import GateConfig
+    from tools.evidence.smollm2 import RealWorldConfig
+
+    world, gate = RealWorldConfig(), GateConfig(**({"model": args.model} if args.model else {}))
+    rl = SMOLLM2_RL if args.steps is None else replace(SMOLLM2_RL, steps=args.steps, eval_every=args.steps)
+    if args.smoke:
+        world = replace(world, heldout=4, check=4)
+        gate = replace(gate, target_solve=0.0, target_judge=0.0)
+        rl = replace(rl, steps=min(rl.steps, 2), eval_every=1, eval_limit=4)
+    return world, gate, rl
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tools.evidence.report import write_report
 
     args = parse_args(argv)
-    world, warm, rl = configs(args)
     start = time.time()
-    files = {k: str(v) for k, v in write_world(args.work / "world", world).items()}
-    tasks = plan(args.seeds, args.work, files, rl, warm, args.warm_per_seed, args.workers)
+    if args.world == "smollm2":
+        from tools.evidence.smollm2 import write_world as write_real_world
+
+        world, warm, rl = real_configs(args)
+        files = {k: str(v) for k, v in write_real_world(args.work / "world", world).items()}
+        args.warm_per_seed = False  # one pretrained model starts every seed's runs
+        tasks = plan(args.seeds, args.work, files, rl, warm, False, args.workers, warm_kind="pretrained")
+    else:
+        world, warm, rl = configs(args)
+        files = {k: str(v) for k, v in write_world(args.work / "world", world).items()}
+        tasks = plan(args.seeds, args.work, files, rl, warm, args.warm_per_seed, args.workers)
     results = schedule(tasks, args.workers)
     meta = {
         "seeds": args.seeds,
         "world": asdict(world),
+        "world_name": args.world,
         "warm_start": asdict(warm),
         "rl": asdict(rl),
         "warm_per_seed": args.warm_per_seed,
@@ -168,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_seconds": time.time() - start,
         "command": "python -m tools.evidence.run " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    if args.world == "smollm2":
+        from tools.evidence.pretrained import gate_note
+
+        meta["note"] = gate_note(results[f"warm_start/{args.seeds[0]}"])
     report = write_report(results, meta, args.out)
     print(f"done in {meta['wall_seconds']:.0f}s; table: {args.out / 'results.md'}")
     print((args.out / "results.md").read_text())

@@ -1,7 +1,8 @@
 """One training run of the evidence: URPO, the separate-referee baseline (and its referee), or verifiable-only GRPO.
 
-Every run starts from the same warm start and has the same budget: ``steps`` optimizer steps of
-``prompts_per_step`` prompts with G completions each. Only the mixture of row kinds and the reward callbacks differ:
+Every run starts from the same warm start (in the ``smollm2`` world: the pretrained model) and has the same budget:
+``steps`` optimizer steps of ``prompts_per_step`` prompts with G completions each. Only the mixture of row kinds
+and the reward callbacks differ:
 
 ==================  =====================================  ==============================================
 run                 rows per step                          rewards
@@ -15,6 +16,7 @@ run                 rows per step                          rewards
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -69,6 +71,14 @@ class RLConfig:
     """Score on the held-out sets every this many steps (and before the first)."""
     eval_limit: int | None = None
     """Score only the first N held-out rows of each set (None: all; the smoke test uses a few)."""
+    eval_at_start: bool = True
+    """Score the starting model again at step 0 of every run; False reuses the scores its warm-start task wrote
+    (``scores.json`` in its folder): greedy decoding of the same weights gives the same scores, and a real model's
+    evaluation is costly."""
+    judge_max_new_tokens: int | None = None
+    """Token limit of open-row judgments (None: ``max_new_tokens``); a verdict-first referee needs a few."""
+    world: str = "arithmetic"
+    """Which world's prompts the runs use (:data:`tools.evidence.spec.WORLDS`)."""
 
 
 def referee_batch(cfg: RLConfig) -> int:
@@ -103,27 +113,39 @@ def judge_args(cfg: RLConfig, seed: int) -> dict[str, Any]:
         "shuffle": "mirrored",
         "seed": seed,
         "temperature": cfg.judge_temperature,
+        "max_new_tokens": cfg.judge_max_new_tokens,
     }
 
 
 def rewards_for(run: str, cfg: RLConfig, seed: int, files: dict[str, str], referee_dir: str | None) -> list:
     from tools.evidence.judges import FrozenJudge, ProbedSelfJudge
+    from tools.evidence.spec import world_spec
     from urpo.rewards.preference import PreferenceReward
-    from urpo.rewards.verifier import MathVerifier
 
-    truth = files["truth_open_train"]
+    truth, verifier = files["truth_open_train"], world_spec(cfg.world).verifier
     preference = partial(PreferenceReward, seed=seed, consistency=cfg.preference_consistency)
+    judge = {**judge_args(cfg, seed), "world": cfg.world}
     table = {
-        "urpo": lambda: [MathVerifier(), preference(), ProbedSelfJudge(truth, **judge_args(cfg, seed))],
+        "urpo": lambda: [verifier(), preference(), ProbedSelfJudge(truth, **judge)],
         "referee": lambda: [preference()],
-        "separate_referee": lambda: [MathVerifier(), FrozenJudge(referee_dir, truth, **judge_args(cfg, seed))],
-        "verifiable_only": lambda: [MathVerifier()],
+        "separate_referee": lambda: [verifier(), FrozenJudge(referee_dir, truth, **judge)],
+        "verifiable_only": lambda: [verifier()],
     }
     return table[run]()
 
 
-STEP_PREFIXES = ("reward/", "groups/", "rows/", "advantage/", "train/loss", "train/grad_norm", "train/entropy")
-"""Per-step metrics the runs keep: rewards, the zero-variance share and spread of groups per kind, the update."""
+STEP_PREFIXES = (
+    "reward/",
+    "groups/",
+    "rows/",
+    "advantage/",
+    "train/loss",
+    "train/grad_norm",
+    "train/entropy",
+    "time/",
+)
+"""Per-step metrics the runs keep: rewards, the zero-variance share and spread of groups per kind, the update, and
+urpo's step timings (``time/step`` and its phases: rollout, rewards, update)."""
 
 
 class StepRecorder(L.Callback):
@@ -151,22 +173,22 @@ def train_run(
     import torch
 
     from tools.evidence.evaluate import EvalCallback, HeldOut
-    from tools.evidence.world import PLAYER, REFEREE
+    from tools.evidence.spec import world_spec
     from urpo.args import GRPOArgs, LoggingArgs, PolicyArgs, SamplingArgs
     from urpo.data.datamodule import URPODataModule
     from urpo.data.sources import SourceSpec
     from urpo.module import URPOModule
 
     quiet()
-    start = time.time()
+    start, spec = time.time(), world_spec(cfg.world)
     L.seed_everything(seed, verbose=False)  # also the presentation orders and data shuffles (urpo.args.run_seed)
     module = URPOModule(
         policy=PolicyArgs(name_or_path=warm_dir),
         rewards=rewards_for(run, cfg, seed, files, referee_dir),
         grpo=GRPOArgs(num_generations=cfg.num_generations, preference_orders=cfg.preference_orders, beta=cfg.beta),  # type: ignore[arg-type]
         sampling=SamplingArgs(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
-        player=PLAYER,
-        referee=REFEREE,
+        player=spec.player,
+        referee=spec.referee,
         optimizer=partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0),
         logging=LoggingArgs(samples_every_n_steps=0, export_dir=None),
     )
@@ -174,7 +196,9 @@ def train_run(
     data = URPODataModule(
         sources=[SourceSpec(adapter="generic", path=files["train"])], mixture=RUN_MIXTURES[run], batch_size=batch
     )
-    evaluator, recorder = EvalCallback(HeldOut.load(files, cfg.eval_limit), cfg.eval_every), StepRecorder()
+    initial = None if cfg.eval_at_start else start_scores(warm_dir)
+    evaluator = EvalCallback(HeldOut.load(files, cfg.eval_limit), cfg.eval_every, spec, initial)
+    recorder = StepRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -202,17 +226,28 @@ def train_run(
     }
 
 
+SCORES_FILE = "scores.json"
+"""Written into a warm start's folder: its held-out scores, which runs with ``eval_at_start=False`` reuse."""
+
+
+def start_scores(warm_dir: str) -> dict[str, float]:
+    """The held-out scores the warm-start task recorded for the model in ``warm_dir``."""
+    return json.loads((Path(warm_dir) / SCORES_FILE).read_text())
+
+
 def evaluate_model(model_dir: str, files: dict[str, str], cfg: RLConfig) -> dict[str, float]:
     """Held-out scores of a saved model (the warm start without RL)."""
     from transformers import AutoModelForCausalLM
 
     from tools.evidence.evaluate import HeldOut, evaluate
+    from tools.evidence.spec import world_spec
     from urpo.args import ModelArgs
     from urpo.models import load_tokenizer
 
     quiet()
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return evaluate(model, load_tokenizer(ModelArgs(name_or_path=model_dir)), HeldOut.load(files, cfg.eval_limit))
+    tokenizer = load_tokenizer(ModelArgs(name_or_path=model_dir))
+    return evaluate(model, tokenizer, HeldOut.load(files, cfg.eval_limit), world_spec(cfg.world))
 
 
 def execute(task: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +263,16 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(task.get("threads", 1))  # a shared warm start runs alone: it may use every core
         out = build_warm_start(Path(task["out"]), task["seed"], WarmStartConfig(**task["warm"]))
         out["scores"] = evaluate_model(task["out"], task["files"], RLConfig(**task["rl"]))
+        (Path(task["out"]) / SCORES_FILE).write_text(json.dumps(out["scores"]))
+    elif kind == "pretrained":
+        import torch
+
+        from tools.evidence.pretrained import GateConfig, prepare_pretrained
+
+        torch.set_num_threads(task.get("threads", 1))  # it runs before every other task: it may use every core
+        rl = RLConfig(**task["rl"])
+        out = prepare_pretrained(Path(task["out"]), task["files"], GateConfig(**task["warm"]), rl.world)
+        (Path(task["out"]) / SCORES_FILE).write_text(json.dumps(out["scores"]))
     else:
         out = train_run(
             kind,

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from urpo.boxed import last_boxed
 from urpo.prompts import PlayerTemplate
 from urpo.referee import RefereeTemplate
 
@@ -63,6 +64,16 @@ class Problem:
 def boxed(value: int) -> str:
     """The answer format the player is taught and the verifier reads."""
     return f"\\boxed{{{value}}}"
+
+
+def answer_of(text: str) -> int | None:
+    """The integer in the last ``\\boxed{}`` (surrounding spaces allowed), or None: how this world reads an answer."""
+    try:
+        content = last_boxed(text)
+    except ValueError:
+        return None
+    content = content.strip() if content is not None else None
+    return int(content) if content and content.isdigit() else None
 
 
 def all_problems(op: str, cfg: WorldConfig) -> list[Problem]:
