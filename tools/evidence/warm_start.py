@@ -291,7 +291,8 @@ def check_set(split: Split, world: WorldConfig):
 def missed_targets(scores: dict[str, float], cfg: WarmStartConfig) -> list[str]:
     """The targets a warm start's check scores miss, as readable lines (empty: it may start RL)."""
     wanted = {"open_accuracy": cfg.target_solve, "verifiable_accuracy": cfg.target_solve}
-    if cfg.verdicts == "taught":
+    # A pretrained model's gate (tools.evidence.pretrained.GateConfig) teaches nothing: its verdicts count as taught.
+    if getattr(cfg, "verdicts", "taught") == "taught":
         wanted["referee_accuracy"] = cfg.target_judge
     else:
         wanted["referee_parsed"] = cfg.target_verdicts
