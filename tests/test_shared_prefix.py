@@ -137,7 +137,7 @@ def test_an_update_that_cannot_share_warns_once_and_runs_plain(tiny_model_dir):
     from tests.test_module import _attached_module
     from tests.test_update import _sgd_momentum
 
-    module = _attached_module(tiny_model_dir, _sgd_momentum)
+    module = _attached_module(tiny_model_dir, _sgd_momentum, shared_prefix=True)
     module.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     module.policy.train()
     steps = _steps(vocab=400)
