@@ -206,8 +206,9 @@ def training_stage(stage: str, model_dir: str, out: Path, gpus: int) -> dict[str
 
 def planned(config: dict[str, Any], gpus: int) -> dict[str, Any]:
     from urpo.plan.architecture import model_facts
-    from urpo.plan.estimate import memory_plan, step_time
+    from urpo.plan.estimate import memory_plan
     from urpo.plan.setup import run_setup
+    from urpo.plan.step_time import step_time
 
     try:
         setup = run_setup(config)

@@ -439,39 +439,6 @@ def _update_terms(setup: RunSetup, facts: ModelFacts) -> list[Term]:
 # ---- time ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StepTime:
-    """FLOPs of one rank's step and the seconds they take at a stated throughput."""
-
-    train_flops: float
-    generate_flops: float
-    seconds_train: float
-    seconds_generate: float
-    decode_seconds_floor: float | None
-    """Generation can not be faster than reading the weights once per decoded token (needs a bandwidth)."""
-
-
-def step_time(setup: RunSetup, facts: ModelFacts, tflops: float, bandwidth_gbs: float | None = None) -> StepTime:
-    """6·N·tokens per training pass (4·N with LoRA: no weight gradients of the base), 2·N per extra forward
-    (recomputation, old log-probs, reference) and 2·N·tokens for generation; attention FLOPs are left out."""
-    s, n = shapes(setup), facts.params
-    tokens = s.player_sequences * s.sequence
-    # With the shared-prefix update each of the batch's prompts is trained on once, not G times.
-    trained = s.player_sequences * s.completion + setup.batch_size * s.prompt if s.micro_prompts else tokens
-    per_pass = (4 if setup.lora is not None else 6) + (2 if setup.checkpointing else 0)
-    train = per_pass * n * trained * setup.grpo.num_iterations
-    train += 2 * n * trained * ((setup.grpo.num_iterations > 1) + (setup.grpo.beta > 0))
-    generate = 2 * n * (tokens + s.judge_prompts * (s.judge_prompt + s.judge_completion))
-    floor = None
-    if bandwidth_gbs:
-        calls_player = math.ceil(s.player_sequences / max(s.player_call, 1))
-        calls_judge = math.ceil(s.judge_prompts / max(s.judge_call, 1)) if s.judge_prompts else 0
-        steps = calls_player * s.completion + calls_judge * s.judge_completion
-        floor = steps * n * compute_bytes(setup, facts) / (bandwidth_gbs * GB)
-    rate = tflops * 1e12
-    return StepTime(train, generate, train / rate, generate / rate, floor)
-
-
 def _n(count: float) -> str:
     """A parameter count for people: 7.62 B, 36.9 M, 115 k."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
