@@ -111,7 +111,8 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
         "verifiable_accuracy 0.400 < 0.50",
         "referee_accuracy 0.500 < 0.65",
     ]
-    assert missed_targets(scores, WarmStartConfig(verdicts="random")) == [
+    assert missed_targets(scores, WarmStartConfig(verdict_noise=0.5)) == missed_targets(scores, WarmStartConfig())
+    assert missed_targets(scores, WarmStartConfig(verdict_noise=1.0)) == [
         "verifiable_accuracy 0.400 < 0.50",
         "referee_parsed 0.900 < 0.95",
     ]
@@ -124,8 +125,8 @@ def test_warm_start_judging_examples_keep_the_reasoning_and_teach_the_verdict_on
     problem = Problem(45, "+", 3)
     taught, rankings, flipped = set(), set(), 0
     for seed in range(40):
-        _, target = judge_example(problem, 0.0, random.Random(seed), "taught")
-        _, coin = judge_example(problem, 0.0, random.Random(seed), "random")
+        _, target = judge_example(problem, 0.0, random.Random(seed), verdict_noise=0.0)
+        _, coin = judge_example(problem, 0.0, random.Random(seed), verdict_noise=1.0)
         checks, verdict = target.split(" <ranking>")
         assert coin.startswith(checks + " <ranking>")  # same own answer and checks
         assert checks.startswith("\\boxed{48} ")
@@ -137,6 +138,18 @@ def test_warm_start_judging_examples_keep_the_reasoning_and_teach_the_verdict_on
     assert taught == {"A > B</ranking>", "B > A</ranking>"}
     assert rankings == {"A > B</ranking>", "B > A</ranking>"}
     assert 8 <= flipped <= 32  # coin flips: wrong about half the time (40 draws)
+
+
+def test_a_partly_noisy_verdict_follows_the_checks_three_times_in_four_at_noise_one_half():
+    from tools.evidence.warm_start import judge_example
+    from tools.evidence.world import Problem
+
+    rng, follows = random.Random(0), 0
+    for _ in range(2000):
+        _, target = judge_example(Problem(45, "+", 3), 0.0, rng, verdict_noise=0.5)
+        checks, verdict = target.split(" <ranking>")
+        follows += verdict.startswith("A > B" if checks.index("yes") < checks.index("no") else "B > A")
+    assert 0.72 < follows / 2000 < 0.78  # 1 - 0.5 / 2 = 0.75 (binomial std 0.01)
 
 
 def test_truth_agreement_counts_pairs_with_different_distances_and_halves_ties():
@@ -204,8 +217,9 @@ def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():
 
 def test_the_command_chooses_what_the_warm_start_teaches_the_referee_to_conclude():
     from tools.evidence.run import configs, parse_args
+    from tools.evidence.warm_start import WarmStartConfig
 
-    assert configs(parse_args([]))[1].verdicts == "taught"
-    assert configs(parse_args(["--warm-verdicts", "random"]))[1].verdicts == "random"
+    assert configs(parse_args([]))[1].verdict_noise == WarmStartConfig.verdict_noise
+    assert configs(parse_args(["--warm-verdict-noise", "1"]))[1].verdict_noise == 1.0
     with pytest.raises(SystemExit):
-        parse_args(["--warm-verdicts", "always_a"])
+        parse_args(["--warm-verdict-noise", "always_a"])

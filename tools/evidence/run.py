@@ -133,11 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="RL steps of every run (default: the world's)")
     parser.add_argument("--warm-steps", type=int, default=WarmStartConfig.steps, help="supervised warm-start steps")
     parser.add_argument(
-        "--warm-verdicts",
-        choices=["taught", "random"],
-        default=WarmStartConfig.verdicts,
-        help="what the warm start's judging examples conclude: the right ranking (default) or a coin flip, leaving "
-        "the verdict to RL (docs/evidence.md)",
+        "--warm-verdict-noise",
+        type=float,
+        default=WarmStartConfig.verdict_noise,
+        help="share of the warm start's judging examples whose verdict is a coin flip: 0 taught, 1 random "
+        "(a judge at chance that RL must teach its verdict), in between an unsure judge (docs/evidence.md)",
     )
     parser.add_argument(
         "--shared-warm-start",
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLConfig]:
     steps = {} if args.steps is None else {"steps": args.steps}
     world, rl = WorldConfig(), RLConfig(**steps)
-    warm = WarmStartConfig(steps=args.warm_steps, verdicts=args.warm_verdicts)
+    warm = WarmStartConfig(steps=args.warm_steps, verdict_noise=args.warm_verdict_noise)
     if args.smoke:
         # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
         warm = replace(

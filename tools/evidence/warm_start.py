@@ -22,8 +22,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
-
 import torch
 
 from tools.evidence.world import (
@@ -55,9 +53,6 @@ WORD_TOKENS = [
 """Kept whole (plain added tokens, not special: decoding keeps them), so answers and verdicts are a few tokens."""
 
 
-VerdictTeaching = Literal["random", "taught"]
-
-
 @dataclass(frozen=True)
 class WarmStartConfig:
     """Model size and the brief supervised training that makes the warm start."""
@@ -76,17 +71,19 @@ class WarmStartConfig:
     """Peak learning rate of a one-cycle schedule (AdamW)."""
     target_solve: float = 0.5
     """Gate: greedy accuracy the warm start must reach on the check problems of EACH operation before RL starts."""
-    verdicts: VerdictTeaching = "taught"
-    """What the judging examples teach after the referee's reasoning (its own answer and a yes/no check of each
-    candidate): 'taught' ranks by closeness to its own answer; 'random' gives each a coin-flip ranking, so the warm
-    start writes its reasoning and a well-formed verdict but concludes at chance (50%), and turning its checks into
-    the right verdict is left to the preference rows in RL (a diagnosis: in our runs GRPO did not learn it either,
-    docs/evidence.md)."""
+    verdict_noise: float = 0.0
+    """Share of judging examples whose verdict is a coin flip; the reasoning before it (the referee's own answer
+    and a yes/no check of each candidate) is always taught. 0 ranks every example by closeness to its own answer
+    (the referee then judges as well as it solves, and its sampled verdict follows its checks: GRPO has little
+    to sharpen); 1 concludes every example by a coin flip (a judge at chance whose verdict is unlinked to its
+    checks: GRPO did not discover the link, docs/evidence.md); in between, the verdict follows the checks with
+    probability ``1 - noise / 2``, so the referee samples its verdict uncertainly and the preference rows can make
+    it sure."""
     target_judge: float = 0.65
-    """Gate with taught verdicts: judging accuracy (both presentation orders) it must reach on the check pairs; 0.5
+    """Gate while ``verdict_noise < 1``: greedy judging accuracy (both presentation orders) it must reach on the check pairs; 0.5
     is chance, and also what a judge that always names the same position gets."""
     target_verdicts: float = 0.95
-    """Gate with random verdicts: share of check judgments (greedy, both orders) that parse as a ranking. (Their
+    """Gate with ``verdict_noise = 1`` (random verdicts): share of check judgments (greedy, both orders) that parse as a ranking. (Their
     greedy verdicts may all name one position, since both are equally likely to the model: what GRPO needs is the
     sampled verdicts, which are coin flips by construction.)"""
     extra_steps: int = 300
@@ -182,7 +179,7 @@ def solve_example(problem: Problem, noise: float, rng: random.Random) -> tuple[l
 
 
 def judge_example(
-    problem: Problem, noise: float, rng: random.Random, verdicts: VerdictTeaching = "taught"
+    problem: Problem, noise: float, rng: random.Random, verdict_noise: float = 0.0
 ) -> tuple[list[dict], str]:
     """A judging task over a shuffled pair of candidates (one of them right) as (referee messages, target).
 
@@ -191,8 +188,8 @@ def judge_example(
     ``\\boxed{12} \\boxed{14} no \\boxed{12} yes <ranking>B > A</ranking>``. (A tiny model trained briefly cannot
     compare two numbers it has not written next to each other; spelled out, the check is learned in minutes.)
     With probability ``noise`` the referee's own answer is a wrong one, and its checks and ranking follow it: a
-    consistent referee that makes an arithmetic slip. With ``verdicts='random'`` the ranking is a coin flip instead
-    (the reasoning before it is kept).
+    consistent referee that makes an arithmetic slip. With probability ``verdict_noise`` the ranking is a coin flip
+    instead (the reasoning before it is kept).
     """
     values = candidates(problem, 2, True, rng)
     order = shuffled_order(2, rng)
@@ -200,7 +197,9 @@ def judge_example(
     if rng.random() < noise:
         own = max(0, own + rng.choice(DISTRACTOR_OFFSETS))
     shown = [values[i] for i in order]
-    ranking = shuffled_order(len(shown), rng) if verdicts == "random" else None
+    # No draw at 0 or 1, so those settings keep the examples (and the warm starts) they always had.
+    flip = verdict_noise >= 1 or (verdict_noise > 0 and rng.random() < verdict_noise)
+    ranking = shuffled_order(len(shown), rng) if flip else None
     return REFEREE.messages(problem.prompt, [boxed(v) for v in values], order), judge_target(own, shown, ranking)
 
 
@@ -227,7 +226,7 @@ def examples(problems: list[Problem], cfg: WarmStartConfig, tokenizer, rng: rand
     for _ in range(count):
         problem = rng.choice(problems)
         if rng.random() < cfg.judge_share:
-            out.append(encode(tokenizer, *judge_example(problem, cfg.judge_noise, rng, cfg.verdicts)))
+            out.append(encode(tokenizer, *judge_example(problem, cfg.judge_noise, rng, cfg.verdict_noise)))
         else:
             out.append(encode(tokenizer, *solve_example(problem, cfg.solve_noise, rng)))
     return out
@@ -292,7 +291,7 @@ def missed_targets(scores: dict[str, float], cfg: WarmStartConfig) -> list[str]:
     """The targets a warm start's check scores miss, as readable lines (empty: it may start RL)."""
     wanted = {"open_accuracy": cfg.target_solve, "verifiable_accuracy": cfg.target_solve}
     # A pretrained model's gate (tools.evidence.pretrained.GateConfig) teaches nothing: its verdicts count as taught.
-    if getattr(cfg, "verdicts", "taught") == "taught":
+    if getattr(cfg, "verdict_noise", 0.0) < 1:
         wanted["referee_accuracy"] = cfg.target_judge
     else:
         wanted["referee_parsed"] = cfg.target_verdicts
