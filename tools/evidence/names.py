@@ -10,7 +10,15 @@ METRICS = {
     "open_accuracy": "Open-style accuracy",
     "verifiable_accuracy": "Verifiable accuracy",
     "referee_accuracy": "Judging accuracy (trained model)",
+    "referee_sampled_accuracy": "Judging accuracy, sampled at T = 1",
 }
+JUDGING_METRICS = {
+    "referee_sampled_accuracy": "sampled at temperature 1, as RL's preference rollouts judge",
+    "referee_accuracy": "greedy",
+}
+"""Held-out judging is reported both ways: near chance the greedy verdict follows whichever position is ahead by a
+hair and swings between evaluations (docs/evidence.md), while the sampled accuracy moves only as the verdicts come
+to depend on the answers."""
 # The reward callback that judged the open rows of each run (its metrics carry this name).
 JUDGE_NAMES = {"urpo": "probed_self_judge", "separate_referee": "frozen_judge"}
 COLORS = {

@@ -22,11 +22,13 @@ def _pyplot():
 def plot_final(summary: dict[str, Any], path: Path) -> None:
     """Grouped bars: each metric, each run, mean with a ±std error bar and one dot per seed."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(11, 4.2))
     width = 0.8 / len(RUN_LABELS)
     for r, run in enumerate(RUN_LABELS):
         for m, metric in enumerate(METRICS):
             entry = summary[run][metric]
+            if entry["mean"] is None:  # not recorded (a results.json from before the metric existed)
+                continue
             x = m + (r - (len(RUN_LABELS) - 1) / 2) * width
             ax.bar(
                 x,
@@ -65,9 +67,9 @@ def plot_curves(results: dict[str, dict], meta: dict[str, Any], path: Path) -> N
     """Held-out scores during training, mean ± std band; the baseline's referee while it trains, then frozen."""
     plt = _pyplot()
     seeds = meta["seeds"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8))
     for ax, (metric, title) in zip(axes, METRICS.items()):
-        runs = [r for r in RUN_LABELS if r != "warm_start"] + (["referee"] if metric == "referee_accuracy" else [])
+        runs = [r for r in RUN_LABELS if r != "warm_start"] + (["referee"] if metric.startswith("referee") else [])
         for run in runs:
             steps, mean, std = _curve(results, run, seeds, metric)
             label = "baseline's referee (trained, then frozen)" if run == "referee" else RUN_LABELS[run]
@@ -126,8 +128,9 @@ def plot_rewards(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
 
 
 def plot_referee(results: dict[str, dict], meta: dict[str, Any], path: Path) -> None:
-    """The referee learning from its preference rows: held-out judging accuracy per seed (URPO) and the mean of
-    the dedicated referee; and what GRPO saw on those rows: the share of groups with all rewards equal."""
+    """The referee learning from its preference rows: held-out judging accuracy sampled at T = 1 per seed (URPO),
+    the means of URPO and the dedicated referee, sampled and greedy; and what GRPO saw on those rows: the share of
+    groups with all rewards equal."""
     plt = _pyplot()
     seeds = meta["seeds"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -135,14 +138,18 @@ def plot_referee(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
         history = results[f"urpo/{seed}"]["history"]
         axes[0].plot(
             [h["step"] for h in history],
-            [100 * h["referee_accuracy"] for h in history],
+            [100 * h["referee_sampled_accuracy"] for h in history],
             color=COLORS["urpo"],
             alpha=0.35,
             linewidth=0.9,
         )
-    for run, label in (("urpo", "URPO (mean; thin: seeds)"), ("referee", "dedicated referee (mean)")):
+    for run, label in (("urpo", "URPO"), ("referee", "dedicated referee")):
+        steps, mean, _ = _curve(results, run, seeds, "referee_sampled_accuracy")
+        axes[0].plot(
+            steps, mean, color=COLORS[run], label=f"{label}, sampled (mean; thin: seeds)", linewidth=2, marker="o"
+        )
         steps, mean, _ = _curve(results, run, seeds, "referee_accuracy")
-        axes[0].plot(steps, mean, color=COLORS[run], label=label, linewidth=2, marker="o")
+        axes[0].plot(steps, mean, color=COLORS[run], label=f"{label}, greedy (mean)", linewidth=1, linestyle="--")
     axes[0].set_title("Held-out judging accuracy during RL", fontsize=10)
     axes[0].set_ylabel("%")
     axes[0].legend(fontsize=8)

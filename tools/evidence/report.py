@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.evidence.names import JUDGE_NAMES, METRICS, RUN_LABELS
+from tools.evidence.names import JUDGE_NAMES, JUDGING_METRICS, METRICS, RUN_LABELS
 from tools.evidence.plots import plot_all
 
 
@@ -45,7 +45,7 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for run in RUN_LABELS:
         per_seed = [final_scores(results, run, s, warm_of[s]) for s in seeds]
-        summary[run] = {m: stats([p[m] for p in per_seed]) for m in METRICS}
+        summary[run] = {m: stats([p.get(m) for p in per_seed]) for m in METRICS}
         names = [f"warm_start/{warm_of[s]}" if run == "warm_start" else f"{run}/{s}" for s in seeds]
         summary[run]["seconds"] = stats([results[n]["seconds"] for n in names])
     # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's is frozen.
@@ -57,7 +57,7 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
     for run in JUDGE_NAMES:
         summary[run]["reward_truth_agreement"] = stats([truth_agreement(results, run, s) for s in seeds])
     summary["comparisons"] = comparisons(results, seeds, warm_of)
-    summary["judging_curves"] = judging_curves(results, seeds)
+    summary["judging_curves"] = {m: judging_curves(results, seeds, m) for m in JUDGING_METRICS}
     summary["warm_start"]["train_steps"] = stats(
         [results[f"warm_start/{warm_of[s]}"].get("train_steps") for s in seeds]
     )
@@ -88,21 +88,27 @@ def paired_test(differences: Sequence[float]) -> dict[str, Any]:
 def comparisons(results: dict[str, dict], seeds: list[int], warm_of: dict[int, int]) -> dict[str, Any]:
     """The paper's claims as paired per-seed differences (a seed's runs share its warm start and RL seed)."""
     warm = {s: results[f"warm_start/{warm_of[s]}"]["scores"] for s in seeds}
-    final = lambda run, s, m: results[f"{run}/{s}"]["final"][m]  # noqa: E731
+    final = lambda run, s, m: results[f"{run}/{s}"]["final"].get(m)  # noqa: E731
+    gain = lambda run, s, m: None if final(run, s, m) is None else final(run, s, m) - warm[s][m]  # noqa: E731
     out = {
-        f"{run}_judging_gain": paired_test(
-            [final(run, s, "referee_accuracy") - warm[s]["referee_accuracy"] for s in seeds]
-        )
+        f"{run}_judging_gain": paired_test([gain(run, s, "referee_accuracy") for s in seeds])
         for run in ("urpo", "referee", "separate_referee", "verifiable_only")
     }
+    for run in ("urpo", "referee", "verifiable_only"):
+        out[f"{run}_sampled_judging_gain"] = paired_test([gain(run, s, "referee_sampled_accuracy") for s in seeds])
     out["urpo_minus_baseline_open"] = paired_test(
         [final("urpo", s, "open_accuracy") - final("separate_referee", s, "open_accuracy") for s in seeds]
     )
-    out["urpo_minus_dedicated_referee_judging"] = paired_test(
-        [final("urpo", s, "referee_accuracy") - final("referee", s, "referee_accuracy") for s in seeds]
-    )
+    for metric, key in (("referee_accuracy", ""), ("referee_sampled_accuracy", "_sampled")):
+        out[f"urpo_minus_dedicated_referee{key}_judging"] = paired_test(
+            [_difference(final("urpo", s, metric), final("referee", s, metric)) for s in seeds]
+        )
     out["urpo_open_gain"] = paired_test([final("urpo", s, "open_accuracy") - warm[s]["open_accuracy"] for s in seeds])
     return out
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _cell(entry: dict[str, Any] | None, percent: bool = True) -> str:
@@ -153,20 +159,19 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es).",
         *([meta["note"]] if meta.get("note") else []),
     ]
-    return (
-        "\n".join(lines + notes + judging_table(summary.get("judging_curves", {}), meta) + claims_table(summary)) + "\n"
-    )
+    return "\n".join(lines + notes + judging_tables(summary.get("judging_curves", {})) + claims_table(summary)) + "\n"
 
 
-def judging_curves(results: dict[str, dict], seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
-    """Held-out judging accuracy at every evaluation, mean ± std over seeds, per trained run."""
+def judging_curves(
+    results: dict[str, dict], seeds: list[int], metric: str = "referee_accuracy"
+) -> dict[str, list[dict[str, Any]]]:
+    """Held-out judging accuracy (``metric``) at every evaluation, mean ± std over seeds, per trained run."""
     curves = {}
     for run in ("urpo", "referee", "separate_referee", "verifiable_only"):
         histories = [results[f"{run}/{s}"]["history"] for s in seeds]
         points = min(len(h) for h in histories)
         curves[run] = [
-            {"step": histories[0][i]["step"], **stats([h[i]["referee_accuracy"] for h in histories])}
-            for i in range(points)
+            {"step": histories[0][i]["step"], **stats([h[i].get(metric) for h in histories])} for i in range(points)
         ]
     return curves
 
@@ -179,14 +184,23 @@ JUDGING_LABELS = {
 }
 
 
-def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[str]:
+def judging_tables(curves_by_metric: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """One table of held-out judging accuracy during training per way of judging (sampled, greedy)."""
+    if curves_by_metric and "urpo" in curves_by_metric:  # a results.json written before both were recorded
+        curves_by_metric = {"referee_accuracy": curves_by_metric}
+    lines = []
+    for metric, curves in curves_by_metric.items():
+        if any(p["mean"] is not None for p in curves["urpo"]):
+            lines += judging_table(curves, JUDGING_METRICS[metric])
+    return lines
+
+
+def judging_table(curves: dict[str, list[dict[str, Any]]], how: str) -> list[str]:
     """Held-out judging accuracy during training (mean ± std over seeds, percent)."""
-    if not curves:
-        return []
     steps = [p["step"] for p in curves["urpo"]]
     lines = [
         "",
-        "Held-out judging accuracy during training (greedy, both presentation orders; mean ± std, %):",
+        f"Held-out judging accuracy during training ({how}; both presentation orders; mean ± std, %):",
         "",
         "| Run | " + " | ".join(f"step {s}" for s in steps) + " |",
         "|---|" + "---|" * len(steps),
@@ -197,10 +211,14 @@ def judging_table(curves: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
 
 
 CLAIMS = {
-    "urpo_judging_gain": "URPO's judging accuracy gain over its warm start",
-    "referee_judging_gain": "Dedicated referee's judging gain over its warm start",
-    "verifiable_only_judging_gain": "Verifiable-only GRPO's judging gain (no preference rows)",
-    "urpo_minus_dedicated_referee_judging": "URPO minus dedicated referee, judging accuracy",
+    "urpo_sampled_judging_gain": "URPO's judging gain over its warm start (sampled)",
+    "referee_sampled_judging_gain": "Dedicated referee's judging gain over its warm start (sampled)",
+    "verifiable_only_sampled_judging_gain": "Verifiable-only GRPO's judging gain, no preference rows (sampled)",
+    "urpo_minus_dedicated_referee_sampled_judging": "URPO minus dedicated referee, judging (sampled)",
+    "urpo_judging_gain": "URPO's judging gain over its warm start (greedy)",
+    "referee_judging_gain": "Dedicated referee's judging gain over its warm start (greedy)",
+    "verifiable_only_judging_gain": "Verifiable-only GRPO's judging gain, no preference rows (greedy)",
+    "urpo_minus_dedicated_referee_judging": "URPO minus dedicated referee, judging (greedy)",
     "urpo_minus_baseline_open": "URPO minus frozen-referee baseline, open accuracy",
     "urpo_open_gain": "URPO's open accuracy gain over its warm start",
 }
@@ -219,7 +237,9 @@ def claims_table(summary: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for key, label in CLAIMS.items():
-        entry = rows[key]
+        entry = rows.get(key)
+        if entry is None or not entry["n"]:  # e.g. sampled judging, in a results.json from before it was recorded
+            continue
         t = "n/a" if entry["t"] is None else f"{entry['t']:.2f}"
         significant = "yes" if entry["significant"] else "no"
         lines.append(f"| {label} | {_cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {significant} |")

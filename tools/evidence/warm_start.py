@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import torch
 
 from tools.evidence.world import (
@@ -80,12 +81,12 @@ class WarmStartConfig:
     probability ``1 - noise / 2``, so the referee samples its verdict uncertainly and the preference rows can make
     it sure."""
     target_judge: float = 0.65
-    """Gate while ``verdict_noise < 1``: greedy judging accuracy (both presentation orders) it must reach on the check pairs; 0.5
-    is chance, and also what a judge that always names the same position gets."""
+    """Gate while ``verdict_noise < 1``: greedy judging accuracy (both presentation orders) it must reach on the
+    check pairs; 0.5 is chance, and also what a judge that always names the same position gets."""
     target_verdicts: float = 0.95
-    """Gate with ``verdict_noise = 1`` (random verdicts): share of check judgments (greedy, both orders) that parse as a ranking. (Their
-    greedy verdicts may all name one position, since both are equally likely to the model: what GRPO needs is the
-    sampled verdicts, which are coin flips by construction.)"""
+    """Gate with ``verdict_noise = 1`` (random verdicts): share of check judgments (greedy, both orders) that parse
+    as a ranking. (Their greedy verdicts may all name one position, since both are equally likely to the model:
+    what GRPO needs is the sampled verdicts, which are coin flips by construction.)"""
     extra_steps: int = 300
     """Steps of each further cycle (peak ``lr / 2``) while a target is missed."""
     max_extra_cycles: int = 4
