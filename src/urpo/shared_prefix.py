@@ -126,14 +126,17 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        return torch.stack([_sum_rows(grad, rows) for rows in ctx.copies]), None, None
+        out = grad.new_empty((len(ctx.copies), *grad.shape[1:]))
+        for n, rows in enumerate(ctx.copies):
+            torch.sum(_rows(grad, rows), dim=0, out=out[n])
+        return out, None, None
 
 
-def _sum_rows(grad: Tensor, rows: list[int]) -> Tensor:
-    """``grad[rows].sum(0)``, without a copy when the rows are consecutive (a group's rows usually are)."""
+def _rows(grad: Tensor, rows: list[int]) -> Tensor:
+    """``grad[rows]``, a view when the rows are consecutive (a group's rows usually are)."""
     if rows and rows[-1] - rows[0] + 1 == len(rows):
-        return grad.narrow(0, rows[0], len(rows)).sum(0)
-    return grad[torch.tensor(rows, dtype=torch.long, device=grad.device)].sum(0)
+        return grad.narrow(0, rows[0], len(rows))
+    return grad[torch.tensor(rows, dtype=torch.long, device=grad.device)]
 
 
 def shared_prefix_support(model: torch.nn.Module) -> str | None:
