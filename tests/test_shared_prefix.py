@@ -12,7 +12,7 @@ from urpo.args import LoraArgs
 from urpo.episode import TrainSequence
 from urpo.logprobs import score_completions
 from urpo.sequences import collate, padding_share, split_micro_batches
-from urpo.shared_prefix import shared_prefix_support
+from urpo.shared_prefix import copying_rows, gather_rows, shared_prefix_support
 
 
 def _groups(sizes: list[tuple[int, list[int]]], vocab: int, seed: int = 0) -> list[TrainSequence]:
@@ -150,3 +150,34 @@ def test_an_update_that_cannot_share_warns_once_and_runs_plain(tiny_model_dir):
     groups = split_micro_batches(steps[0], module.grpo.max_tokens_per_micro_batch)
     real, positions = padding_share([collate([steps[0][i] for i in g], 0, torch.device("cpu")) for g in groups])
     assert first["train/padding_frac"] == pytest.approx(1 - real / positions)  # the plain layout ran
+
+
+@pytest.mark.parametrize("order", ["grouped", "interleaved"])
+def test_gather_rows_sums_a_prompts_rows_in_the_same_order_every_time(order):
+    """The backward of ``x[index]`` adds a prompt's rows with racing atomic adds on CPU once the tensor is large
+    (from 2 threads; half of such backwards differed in the last bits here), which made a resumed run end with
+    other weights than the straight run. ``gather_rows`` gives indexing's values, and the same bits every time."""
+    generator = torch.Generator().manual_seed(0)
+    index = torch.arange(3).repeat_interleave(4)  # prompt 1's rows fall on both sides of a 2-thread split
+    if order == "interleaved":
+        index = torch.arange(3).repeat(4)
+    shape = (4, 200, 64)  # 614k elements gathered: the backward's threads overlap long enough to race
+    source = torch.randn(3, *shape, generator=generator, requires_grad=True)
+    weights = torch.randn(len(index), *shape, generator=generator)
+    copies = copying_rows(index, 3)
+
+    def gradient(gather) -> torch.Tensor:
+        source.grad = None
+        (gather() * weights).sum().backward()
+        return source.grad.clone()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(gather_rows(source, index, copies), source[index])
+        first = gradient(lambda: gather_rows(source, index, copies))
+        torch.testing.assert_close(first, gradient(lambda: source[index]))
+        for _ in range(30):
+            assert torch.equal(gradient(lambda: gather_rows(source, index, copies)), first)
+    finally:
+        torch.set_num_threads(threads)

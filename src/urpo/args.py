@@ -178,14 +178,14 @@ class GRPOArgs:
     and entropy: the output head runs on the final hidden states in chunks of this many tokens, and each chunk's
     logits are recomputed in backward, so a micro-batch never holds its whole ``[B, C, V]`` logits. Same values and
     gradients; 0 or None: the whole logits at once (the old way, a little faster on small vocabularies)."""
-    shared_prefix: bool = False
+    shared_prefix: bool = True
     """Run each distinct prompt of a micro-batch through the model once, its KV cache serving all the completions that
     continue it (in the update's forward and backward, and the reference and old-policy forwards): G completions of a
     prompt no longer recompute it G times. Same loss and gradients as running every prompt + completion whole, to
-    float tolerance. Off by default for now: with it on, a run killed and resumed from its checkpoint ends with
-    weights that differ from the straight run's in their last bits (3 times in 4 in ``tests/test_resume.py``), and
-    urpo promises bit-exact resumes. Models that cannot (sliding-window or recurrent layers, attention other than
-    sdpa/eager, activation checkpointing, which drops the cache) run the plain way, with a warning saying why."""
+    float tolerance, and the same bits from run to run (each prompt's gradients are summed in a fixed order), so
+    resumes stay exact. Models that cannot (sliding-window or recurrent layers, attention other than sdpa/eager,
+    activation checkpointing, which drops the cache) run the plain way, with a warning saying why. False: always the
+    plain way."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
     preference_orders: PreferenceOrders = "mirrored"

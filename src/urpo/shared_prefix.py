@@ -7,6 +7,11 @@ prompt's keys and values do not depend on what follows: the states are those of 
 gradients of all G completions flow into their prompt's single computation, once. Equality with the plain way, in
 values and gradients, is tested in tests/test_shared_prefix.py.
 
+The prompt's states are copied to its rows by :func:`gather_rows`, not by indexing: the backward of ``x[index]``
+(``index_put_`` with accumulation) adds the gradients of a prompt's rows with atomic adds from several threads on CPU
+once the tensor is large, so the order of the additions, and the last bits of the sum, change from run to run, and a
+resumed run would not end with the straight run's weights. :func:`gather_rows` sums them in a fixed order.
+
 Only models whose cache is plain full attention can do it (:func:`shared_prefix_support` names why not, and the
 update then runs plain). Activation checkpointing in transformers drops the cache of training forwards, so a
 checkpointed policy runs plain too.
@@ -62,6 +67,7 @@ def shared_prefix_forward(model: torch.nn.Module, batch: MicroBatch, whole_logit
 
     width, prompt = batch.completion_ids.shape[1], batch.prompt_width
     rows, index = batch.prompt_rows, batch.prompt_index  # [N], [B]
+    copies = copying_rows(index, len(rows))
     cache = DynamicCache(config=_hf_model(model).config)
     cache_arg = {_cache_keyword(model): cache}
     head = model(
@@ -73,7 +79,8 @@ def shared_prefix_forward(model: torch.nn.Module, batch: MicroBatch, whole_logit
         use_cache=True,
         **cache_arg,
     )
-    cache.batch_select_indices(index)  # [N, ...] -> [B, ...]: gathered, so backward sums the rows into each prompt
+    for layer in cache.layers:  # [N, ...] -> [B, ...]: gathered, so backward sums the rows into each prompt
+        layer.keys, layer.values = gather_rows(layer.keys, index, copies), gather_rows(layer.values, index, copies)
     tail = model(
         input_ids=batch.completion_ids,
         attention_mask=batch.attention_mask,  # [B, P + C]: the prompt's padding stays masked
@@ -84,12 +91,52 @@ def shared_prefix_forward(model: torch.nn.Module, batch: MicroBatch, whole_logit
         **cache_arg,
     )
     if whole_logits:  # the prompt's last position predicts the first completion token
-        first = head.logits[:, -1][index]  # [B, V]
+        first = gather_rows(head.logits[:, -1], index, copies)  # [B, V]
         return PredictionStates(logits=torch.cat([first[:, None], tail.logits[:, :-1]], dim=1))
-    first = head.hidden_states[-1][:, -1][index]  # [B, H]
+    first = gather_rows(head.hidden_states[-1][:, -1], index, copies)  # [B, H]
     hidden = tail.hidden_states[-1]  # [B, C, H]
     states = torch.cat([first[:, None], hidden[:, :-1]], dim=1)  # [B, C, H]
     return PredictionStates(states, None, hidden[:, -1], tail.logits[:, -1])
+
+
+def copying_rows(index: Tensor, sources: int) -> list[list[int]]:
+    """For each of ``sources`` source rows, the rows ``b`` with ``index[b]`` equal to it (in order)."""
+    rows: list[list[int]] = [[] for _ in range(sources)]
+    for row, n in enumerate(index.tolist()):
+        rows[n].append(row)
+    return rows
+
+
+def gather_rows(source: Tensor, index: Tensor, copies: list[list[int]]) -> Tensor:
+    """``source[index]`` along the first dimension (``[N, ...]`` -> ``[B, ...]``), whose backward sums the gradients
+    of the rows that copy a source row (``copies``, from :func:`copying_rows`) in a fixed order, so that the same
+    run gives the same bits every time."""
+    return _GatherRows.apply(source, index, copies)
+
+
+class _GatherRows(torch.autograd.Function):
+    """Forward: ``index_select``. Backward: each source row's gradient is the sum over the rows that copy it, taken
+    by ``sum`` (a reduction whose order depends on the shapes and the thread count only), never by a scatter-add
+    whose order depends on how threads race (``index_put_`` with accumulation on CPU, ``index_add_`` on GPU)."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, index: Tensor, copies: list[list[int]]) -> Tensor:
+        ctx.copies = copies
+        return source.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        out = grad.new_empty((len(ctx.copies), *grad.shape[1:]))
+        for n, rows in enumerate(ctx.copies):
+            torch.sum(_rows(grad, rows), dim=0, out=out[n])
+        return out, None, None
+
+
+def _rows(grad: Tensor, rows: list[int]) -> Tensor:
+    """``grad[rows]``, a view when the rows are consecutive (a group's rows usually are)."""
+    if rows and rows[-1] - rows[0] + 1 == len(rows):
+        return grad.narrow(0, rows[0], len(rows))
+    return grad[torch.tensor(rows, dtype=torch.long, device=grad.device)]
 
 
 def shared_prefix_support(model: torch.nn.Module) -> str | None:

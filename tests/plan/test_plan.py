@@ -15,6 +15,7 @@ from urpo.plan.architecture import model_facts
 from urpo.plan.estimate import memory_plan, shapes
 from urpo.plan.report import main, parse_bytes
 from urpo.plan.setup import read_config, run_setup
+from urpo.plan.step_time import step_time
 
 ROOT = Path(__file__).resolve().parents[2]
 QWEN7B, QWEN1_5B = str(ROOT / "configs/qwen7b.yaml"), str(ROOT / "configs/qwen1_5b_1gpu.yaml")
@@ -132,6 +133,27 @@ def test_vllm_engine_holds_its_weights_and_kv_cache_instead_of_hf_generation(tin
     assert plan.term("vLLM engine weights").bytes == 2 * facts.params
     assert plan.term("vLLM KV cache").bytes == 1 << 28
     assert plan.term("generation: player") is None
+
+
+def test_shared_prefill_computes_each_prompt_once_in_the_generation_estimate(tiny_model_dir):
+    """tiny_config: 4 prompts of 64 tokens x G = 4. Shared, a prompt's cache (all but its last token) is computed
+    once per engine call it appears in, and every sequence runs the last prompt token itself."""
+
+    def generation(**model_changes) -> int:
+        setup = run_setup(tiny_config(tiny_model_dir, **model_changes))
+        return step_time(setup, model_facts(setup.model), tflops=1.0).generate_flops
+
+    params = model_facts(run_setup(tiny_config(tiny_model_dir)).model).params
+    plain = generation(sampling={"shared_prefill": False})
+    saved_per_prefill = 2 * params * (64 - 1)  # one prompt's cache not computed again
+    assert plain - generation() == (16 - 4) * saved_per_prefill
+    # calls of 6 sequences: [0, 6) holds prompts 0-1, [6, 12) prompts 1-2, [12, 16) prompt 3: 5 prefills
+    assert plain - generation(sampling={"max_batch_size": 6}) == (16 - 5) * saved_per_prefill
+    # vLLM's prefix cache: each prompt once for the whole step; without it, once per sequence
+    vllm = {"kv_cache_memory_bytes": 1 << 28}
+    assert generation(rollout={"engine": "vllm", "vllm": vllm}) == generation()
+    no_cache = {**vllm, "enable_prefix_caching": False}
+    assert generation(rollout={"engine": "vllm", "vllm": no_cache}) == plain
 
 
 def test_self_judge_prompts_are_halved_like_the_self_judge_does(tiny_model_dir):

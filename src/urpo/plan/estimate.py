@@ -158,6 +158,9 @@ class Shapes:
 
     micro_prompts: int = 0
     """Distinct prompts a micro-batch runs with the shared-prefix update (0: it runs every sequence whole)."""
+    player_prefills: int = 0
+    """Prompts the player's rollout prefills: one per sequence, or one per distinct prompt of each engine call when
+    the engine shares them (:func:`player_prefills`)."""
 
     @property
     def micro_tokens(self) -> int:
@@ -185,15 +188,33 @@ def _micro_batch_shape(setup: RunSetup, prompt: int, completion: int) -> tuple[i
     return micro, math.ceil(micro / g)
 
 
+def player_prefills(setup: RunSetup, sequences: int, call: int) -> int:
+    """Prompt prefills of the player's rollout of ``sequences`` sequences, ``call`` at a time.
+
+    The HF engine with ``sampling.shared_prefill`` runs each distinct prompt of a call once (its G copies sit together
+    in the engine's list, so a group split between two calls is prefilled in both); vLLM with
+    ``enable_prefix_caching`` computes each prompt's blocks once for the whole step. Otherwise every sequence
+    prefills its prompt. Judging prompts are all distinct (one sample each), so sharing saves nothing there."""
+    g = setup.grpo.num_generations
+    if setup.engine == "vllm":
+        return math.ceil(sequences / g) if setup.vllm.enable_prefix_caching else sequences
+    if not setup.sampling.shared_prefill:
+        return sequences
+    calls = range(0, sequences, max(call, 1))
+    return sum((min(start + call, sequences) - 1) // g - start // g + 1 for start in calls)
+
+
 def shapes(setup: RunSetup) -> Shapes:
     prompt, completion = setup.prompt_tokens, setup.sampling.max_new_tokens
     g = setup.grpo.num_generations
     micro, micro_prompts = _micro_batch_shape(setup, prompt, completion)
     players = setup.batch_size * g
     cap = setup.sampling.max_batch_size or players
+    call = min(players, cap)
+    prefills = player_prefills(setup, players, call)
     judge = setup.judge
     if judge is None:
-        return Shapes(prompt, completion, micro, players, min(players, cap), 0, 0, 0, 0, micro_prompts)
+        return Shapes(prompt, completion, micro, players, call, 0, 0, 0, 0, micro_prompts, prefills)
     # SelfJudge halves the answers shown per prompt until the prompt fits its budget (never below 2).
     per_chunk = min(judge.chunk_size or g, g)
     while (
@@ -211,12 +232,13 @@ def shapes(setup: RunSetup) -> Shapes:
         completion,
         micro,
         players,
-        min(players, cap),
+        call,
         prompts,
         judge_prompt,
         judge_completion,
         min(prompts, cap),
         micro_prompts,
+        prefills,
     )
 
 

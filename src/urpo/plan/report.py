@@ -184,6 +184,13 @@ def _time(
         f"PFLOP ({t.seconds_train:.1f} s), generation {t.generate_flops / 1e15:.2f} PFLOP ({t.seconds_generate:.1f} s)"
     )
     lines = [line]
+    s = shapes(setup)
+    if s.player_prefills < s.player_sequences:
+        how = "rollout.vllm.enable_prefix_caching" if setup.engine == "vllm" else "sampling.shared_prefill"
+        lines.append(
+            f"        prefill: the player's prompts computed {s.player_prefills} times for {s.player_sequences} "
+            f"sequences ({how})"
+        )
     if t.decode_seconds_floor is not None:
         lines.append(
             f"        decoding reads the weights once a token: generation takes at least "

@@ -25,7 +25,10 @@ class StepTime:
 
 def step_time(setup: RunSetup, facts: ModelFacts, tflops: float, bandwidth_gbs: float | None = None) -> StepTime:
     """6·N·tokens per training pass (4·N with LoRA: no weight gradients of the base), 2·N per extra forward
-    (recomputation, old log-probs, reference) and 2·N·tokens for generation; attention FLOPs are left out."""
+    (recomputation, old log-probs, reference) and 2·N·tokens for generation; attention FLOPs are left out.
+
+    Generation counts each prompt prefill the engine runs (:func:`urpo.plan.estimate.player_prefills`): shared, a
+    prompt's cache holds all but its last token once, and each sequence runs that last token itself."""
     s, n = shapes(setup), facts.params
     tokens = s.player_sequences * s.sequence
     # With the shared-prefix update each of the batch's prompts is trained on once, not G times.
@@ -33,7 +36,9 @@ def step_time(setup: RunSetup, facts: ModelFacts, tflops: float, bandwidth_gbs: 
     per_pass = (4 if setup.lora is not None else 6) + (2 if setup.checkpointing else 0)
     train = per_pass * n * trained * setup.grpo.num_iterations
     train += 2 * n * trained * ((setup.grpo.num_iterations > 1) + (setup.grpo.beta > 0))
-    generate = 2 * n * (tokens + s.judge_prompts * (s.judge_prompt + s.judge_completion))
+    prefilled = s.player_prefills * (s.prompt - 1) + s.player_sequences  # the player's prompt tokens computed
+    generated = prefilled + s.player_sequences * s.completion
+    generate = 2 * n * (generated + s.judge_prompts * (s.judge_prompt + s.judge_completion))
     floor = None
     if bandwidth_gbs:
         calls_player = math.ceil(s.player_sequences / max(s.player_call, 1))
