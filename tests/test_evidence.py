@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -116,6 +117,34 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
         "verifiable_accuracy 0.400 < 0.50",
         "referee_parsed 0.900 < 0.95",
     ]
+
+
+def test_a_seed_whose_warm_start_misses_its_gate_is_dropped_and_named_while_the_others_go_on(tmp_path):
+    from tools.evidence.run import schedule, surviving_seeds
+    from tools.evidence.runs import RLConfig
+    from tools.evidence.warm_start import WarmStartConfig, WarmStartError
+    from tools.evidence.world import WorldConfig, write_world
+
+    files = {k: str(v) for k, v in write_world(tmp_path / "world", WorldConfig()).items()}
+    strict = WarmStartConfig(hidden=32, steps=2, batch_size=4, extra_steps=1, max_extra_cycles=0)
+    lenient = replace(strict, target_solve=0.0, target_judge=0.0, target_verdicts=0.0)
+    common = {"kind": "warm", "files": files, "rl": asdict(replace(RLConfig(), eval_limit=2)), "deps": []}
+    tasks = {
+        "warm_start/0": {**common, "seed": 0, "out": str(tmp_path / "w0"), "warm": asdict(strict)},
+        "warm_start/1": {**common, "seed": 1, "out": str(tmp_path / "w1"), "warm": asdict(lenient)},
+        # Stand-ins for the RL runs that need the failed warm start: never started (they would fail: no kind).
+        "urpo/0": {"kind": "not run", "deps": ["warm_start/0"]},
+        "referee/0": {"kind": "not run", "deps": ["warm_start/0"]},
+    }
+    logged = []
+    done, failed = schedule(tasks, workers=1, log=logged.append)
+    assert set(done) == {"warm_start/1"} and set(failed) == {"warm_start/0"}
+    assert "open_accuracy 0.000 < 0.50" in failed["warm_start/0"]
+    assert any("warm_start/0: FAILED its gate, dropping urpo/0, referee/0" in line for line in logged)
+    plan = {"urpo/0": {"deps": ["warm_start/0"]}, "urpo/1": {"deps": ["warm_start/1"]}}
+    assert surviving_seeds([0, 1], plan, failed) == [1]
+    with pytest.raises(WarmStartError, match="every warm start missed its gate"):
+        surviving_seeds([0], plan, failed)
 
 
 def test_warm_start_judging_examples_keep_the_reasoning_and_teach_the_verdict_only_when_asked():

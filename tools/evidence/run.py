@@ -21,6 +21,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.evidence` importab
 
 from tools.evidence.runs import RLConfig, execute
 from tools.evidence.spec import WORLDS
-from tools.evidence.warm_start import WarmStartConfig
+from tools.evidence.warm_start import WarmStartConfig, WarmStartError
 from tools.evidence.world import WorldConfig, write_world
 
 RUNS = ("warm_start", "urpo", "separate_referee", "verifiable_only")
@@ -83,22 +84,35 @@ def plan(
     return tasks
 
 
-def schedule(tasks: dict[str, dict[str, Any]], workers: int, log=print) -> dict[str, dict[str, Any]]:
-    """Runs the tasks as their dependencies finish, ``workers`` at a time (1: in this process)."""
-    pending, done, start = dict(tasks), {}, time.time()
+def schedule(tasks: dict[str, dict[str, Any]], workers: int, log=print) -> tuple[dict[str, Any], dict[str, str]]:
+    """Runs the tasks as their dependencies finish, ``workers`` at a time (1: in this process).
+
+    Returns the results by task and the warm starts that missed their gate (task -> error). A gate failure drops
+    only the tasks that need that warm start: the other seeds go on, and the report names the seed that failed."""
+    pending, done, failed, start = dict(tasks), {}, {}, time.time()
 
     def ready() -> list[str]:
         return [name for name, t in pending.items() if all(d in done for d in t["deps"])]
 
-    def finish(name: str, result: dict[str, Any]) -> None:
+    def finish(name: str, outcome) -> None:
+        try:
+            result = outcome()
+        except WarmStartError as error:
+            failed[name] = str(error)
+            dropped = [n for n, t in pending.items() if name in t["deps"]]
+            for n in dropped:
+                pending.pop(n)
+            log(f"[{time.time() - start:6.0f}s] {name}: FAILED its gate, dropping {', '.join(dropped)}: {error}")
+            return
         done[name] = result
         log(f"[{time.time() - start:6.0f}s] {name}: {result['seconds']:.0f}s {_brief(result)}")
 
     if workers <= 1:
         while pending:
             name = ready()[0]
-            finish(name, execute(pending.pop(name)))
-        return done
+            task = pending.pop(name)
+            finish(name, partial(execute, task))
+        return done, failed
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         running: dict[Any, str] = {}
         while pending or running:
@@ -106,8 +120,16 @@ def schedule(tasks: dict[str, dict[str, Any]], workers: int, log=print) -> dict[
                 running[pool.submit(execute, pending.pop(name))] = name
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                finish(running.pop(future), future.result())
-    return done
+                finish(running.pop(future), future.result)
+    return done, failed
+
+
+def surviving_seeds(seeds: list[int], tasks: dict[str, dict[str, Any]], failed: dict[str, str]) -> list[int]:
+    """The seeds whose warm start passed its gate; raises when none did (nothing to report)."""
+    kept = [s for s in seeds if all(d not in failed for d in tasks[f"urpo/{s}"]["deps"])]
+    if not kept:
+        raise WarmStartError("every warm start missed its gate: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return kept
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -173,13 +195,14 @@ def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLC
         warm = replace(
             warm, steps=min(args.warm_steps, 4), batch_size=8, target_solve=0.0, target_judge=0.0, target_verdicts=0.0
         )
-        rl = replace(rl, steps=min(rl.steps, 2), eval_every=1, eval_limit=4, judgments_per_group=2)
+        rl = replace(rl, steps=min(rl.steps, 2), prompts_per_step=6, eval_every=1, eval_limit=4, judgments_per_group=2)
     return world, warm, rl
 
 
 SMOLLM2_RL = RLConfig(
     world="smollm2",
     steps=5,
+    prompts_per_step=6,
     lr=2e-5,
     max_new_tokens=32,
     temperature=0.7,
@@ -225,9 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         world, warm, rl = configs(args)
         files = {k: str(v) for k, v in write_world(args.work / "world", world).items()}
         tasks = plan(args.seeds, args.work, files, rl, warm, args.warm_per_seed, args.workers)
-    results = schedule(tasks, args.workers)
+    results, failed = schedule(tasks, args.workers)
     meta = {
-        "seeds": args.seeds,
+        "seeds": surviving_seeds(args.seeds, tasks, failed),
+        "seeds_asked": args.seeds,
+        "failed_gates": failed,
         "world": asdict(world),
         "world_name": args.world,
         "warm_start": asdict(warm),
@@ -241,6 +266,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from tools.evidence.pretrained import gate_note
 
         meta["note"] = gate_note(results[f"warm_start/{args.seeds[0]}"])
+    if failed:
+        meta["note"] = " ".join(
+            [
+                meta.get("note", ""),
+                f"Seeds asked: {args.seeds}; the warm start of {', '.join(sorted(failed))} missed its "
+                "gate (results.json: meta.failed_gates), so the table covers the others.",
+            ]
+        ).strip()
     report = write_report(results, meta, args.out)
     print(f"done in {meta['wall_seconds']:.0f}s; table: {args.out / 'results.md'}")
     print((args.out / "results.md").read_text())
