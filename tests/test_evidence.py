@@ -90,7 +90,17 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     blocks = saved["runs"]["urpo/0"]["blocks"]  # per-step metrics kept as block means, not every step
     assert "steps" not in saved["runs"]["urpo/0"] and [b["step"] for b in blocks] == [2]
     assert 0.0 <= blocks[0]["groups/preference_zero_variance_frac"] <= 1.0
-    assert "Held-out judging accuracy during training" in table
+    assert "Held-out judging accuracy during training (sampled at temperature 1" in table
+    assert "Held-out judging accuracy during training (greedy" in table
+    assert saved["summary"]["comparisons"]["urpo_sampled_judging_gain"]["n"] == 1
+    assert saved["summary"]["urpo"]["cpu_seconds"]["mean"] > 0
+
+    # The table and plots can be redrawn from results.json alone (the same table: nothing is lost in the summary).
+    from tools.evidence.report import main as redraw
+
+    (out / "results.md").unlink()
+    redraw([str(out)])
+    assert (out / "results.md").read_text() == table
 
 
 def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them_is_reused(tmp_path):

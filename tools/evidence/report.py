@@ -48,12 +48,17 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
         summary[run] = {m: stats([p.get(m) for p in per_seed]) for m in METRICS}
         names = [f"warm_start/{warm_of[s]}" if run == "warm_start" else f"{run}/{s}" for s in seeds]
         summary[run]["seconds"] = stats([results[n]["seconds"] for n in names])
+        summary[run]["cpu_seconds"] = stats([results[n].get("cpu_seconds") for n in names])
     # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's is frozen.
     summary["urpo"]["open_referee_accuracy"] = summary["urpo"]["referee_accuracy"]
     summary["separate_referee"]["open_referee_accuracy"] = stats(
         [results[f"referee/{s}"]["final"]["referee_accuracy"] for s in seeds]
     )
-    summary["referee"] = {"seconds": stats([results[f"referee/{s}"]["seconds"] for s in seeds])}
+    referees = [results[f"referee/{s}"] for s in seeds]
+    summary["referee"] = {
+        "seconds": stats([r["seconds"] for r in referees]),
+        "cpu_seconds": stats([r.get("cpu_seconds") for r in referees]),
+    }
     for run in JUDGE_NAMES:
         summary[run]["reward_truth_agreement"] = stats([truth_agreement(results, run, s) for s in seeds])
     summary["comparisons"] = comparisons(results, seeds, warm_of)
@@ -125,7 +130,7 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         *METRICS.values(),
         "Referee that rewarded open rows",
         "Reward-truth agreement (open, training)",
-        "Seconds per run",
+        "Seconds per run (wall; CPU)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, label in RUN_LABELS.items():
@@ -135,7 +140,7 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             *(_cell(row[m]) for m in METRICS),
             _cell(row.get("open_referee_accuracy")),
             _cell(row.get("reward_truth_agreement")),
-            _cell(row["seconds"], percent=False),
+            f"{_cell(row['seconds'], percent=False)}; {_cell(row['cpu_seconds'], percent=False)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(meta["seeds"])
@@ -154,9 +159,11 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Every RL run: {meta['rl']['steps']} steps x {meta['rl']['prompts_per_step']} prompts x G = "
         f"{meta['rl']['num_generations']}. The separate referee was trained for the same {meta['rl']['steps']} "
         "steps on as many preference rows per step as URPO sees, then frozen"
-        f" (its own run took {_cell(summary['referee']['seconds'], percent=False)} s more).",
+        f" (its own run took {_cell(summary['referee']['seconds'], percent=False)} s more, wall;"
+        f" {_cell(summary['referee']['cpu_seconds'], percent=False)} s CPU).",
         f"The warm start is {warm}",
-        f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es).",
+        f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es). Every run is"
+        " single-threaded, so its CPU seconds are close to what it takes on an idle core.",
         *([meta["note"]] if meta.get("note") else []),
     ]
     return "\n".join(lines + notes + judging_tables(summary.get("judging_curves", {})) + claims_table(summary)) + "\n"
@@ -282,6 +289,18 @@ def compact(results: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tools.evidence.report FOLDER``: rewrites a run's results.md and plots from its results.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path, help="the folder holding results.json (e.g. docs/evidence)")
+    folder = parser.parse_args(argv).folder
+    document = json.loads((folder / "results.json").read_text())
+    write_report(document["runs"], document["meta"], folder)
+    print((folder / "results.md").read_text())
+
+
 def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> dict[str, Any]:
     """Writes results.json (summaries and 10-step blocks), results.md and the plots into ``out``; returns the JSON."""
     out.mkdir(parents=True, exist_ok=True)
@@ -291,3 +310,7 @@ def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> d
     (out / "results.md").write_text(markdown_table(summary, meta))
     plot_all(document["runs"], summary, meta, out)
     return document
+
+
+if __name__ == "__main__":
+    main()
