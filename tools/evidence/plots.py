@@ -146,7 +146,12 @@ def plot_referee(results: dict[str, dict], meta: dict[str, Any], path: Path) -> 
     for run, label in (("urpo", "URPO"), ("referee", "dedicated referee")):
         steps, mean, _ = _curve(results, run, seeds, "referee_sampled_accuracy")
         axes[0].plot(
-            steps, mean, color=COLORS[run], label=f"{label}, sampled (mean; thin: seeds)", linewidth=2, marker="o"
+            steps,
+            mean,
+            color=COLORS[run],
+            label=f"{label}, sampled (mean{'; thin: seeds' if run == 'urpo' else ''})",
+            linewidth=2,
+            marker="o",
         )
         steps, mean, _ = _curve(results, run, seeds, "referee_accuracy")
         axes[0].plot(steps, mean, color=COLORS[run], label=f"{label}, greedy (mean)", linewidth=1, linestyle="--")
