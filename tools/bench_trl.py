@@ -13,8 +13,9 @@ each is a warm-up and is not timed; step times are medians. urpo and TRL sample 
 completion (``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work.
 
 Configurations (``--configs``, ENGINE-PRECISION): ``hf`` and ``vllm`` train on verifiable rows, as TRL does;
-``hfplain`` is ``hf`` with ``sampling.shared_prefill`` off (each prompt prefilled G times: urpo before the shared
-prefill); ``urpo3`` (vLLM), ``urpo3hf`` and ``urpo3hfplain`` (HF) run URPO's step of all three kinds: every 4-row
+``hfplain`` is ``hf`` as urpo computed it before each prompt was computed once: ``sampling.shared_prefill``,
+``grpo.shared_prefix`` and ``grpo.logits_chunk_tokens`` off (each prompt prefilled and trained on G times, whole
+logits); ``urpo3`` (vLLM), ``urpo3hf`` and ``urpo3hfplain`` (HF) run URPO's step of all three kinds: every 4-row
 block is 2 verifiable rows, 1 preference row of N = 4 responses of ~150 tokens each (a long referee prompt, judged
 G times and trained on) and 1 open row (its G answers judged by the policy). Each row of the table gives the phases
 of a step (rollout, the referee's judging, update), peak RSS, and the step beside this CPU's limits, which the tool
@@ -195,7 +196,11 @@ def run_urpo(spec: dict) -> None:
     module = URPOModule(
         PolicyArgs(spec["model"]),
         rewards=rewards,
-        grpo=GRPOArgs(num_generations=spec["g"]),
+        grpo=GRPOArgs(  # the plain configurations switch off every prompt-sharing path of urpo's update
+            num_generations=spec["g"],
+            shared_prefix=spec["shared_prefill"],
+            logits_chunk_tokens=GRPOArgs.logits_chunk_tokens if spec["shared_prefill"] else 0,
+        ),
         sampling=SamplingArgs(max_new_tokens=spec["length"], shared_prefill=spec["shared_prefill"]),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0),
         rollout=RolloutArgs(
@@ -301,13 +306,14 @@ CONFIGS = {  # ENGINE part of --configs: what the urpo worker runs
     "urpo3hf": {"engine": "hf", "three_kinds": True, "shared_prefill": True},
     "urpo3hfplain": {"engine": "hf", "three_kinds": True, "shared_prefill": False},
 }
+"""``shared_prefill: False`` stands for urpo before issue 15: no shared prefill or prefix update, whole logits."""
 NAMES = {
     "hf": "urpo + HF generate",
-    "hfplain": "urpo + HF generate, prompts prefilled G times",
+    "hfplain": "urpo + HF generate, each prompt computed G times (before)",
     "vllm": "urpo + vLLM",
     "urpo3": "urpo + vLLM, 3 kinds (URPO step)",
     "urpo3hf": "urpo + HF, 3 kinds (URPO step)",
-    "urpo3hfplain": "urpo + HF, 3 kinds, prompts prefilled G times",
+    "urpo3hfplain": "urpo + HF, 3 kinds, each prompt computed G times (before)",
 }
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed"}
 
