@@ -92,6 +92,10 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     assert 0.0 <= blocks[0]["groups/preference_zero_variance_frac"] <= 1.0
     assert "Held-out judging accuracy during training (sampled at temperature 1" in table
     assert "Held-out judging accuracy during training (greedy" in table
+    verdicts = table.split("How the held-out judgments end")[1].split("\n\n")[1].splitlines()
+    assert len(verdicts) == 6 and verdicts[2].startswith("| Warm start")  # header, rule, 4 runs
+    parsed = saved["summary"]["urpo"]["referee_parsed"]["values"]
+    assert len(parsed) == 1 and 0.0 <= parsed[0] <= 1.0
     assert saved["summary"]["comparisons"]["urpo_sampled_judging_gain"]["n"] == 1
     assert saved["summary"]["urpo"]["cpu_seconds"]["mean"] > 0
 

@@ -12,6 +12,13 @@ METRICS = {
     "referee_accuracy": "Judging accuracy (trained model)",
     "referee_sampled_accuracy": "Judging accuracy, sampled at T = 1",
 }
+VERDICT_METRICS = {
+    "referee_parsed": "Judgments that parsed",
+    "referee_accuracy_parsed": "Judging accuracy over parsed judgments",
+    "referee_first_shown_top": "Parsed judgments that put the first-shown response on top",
+}
+"""How the greedy held-out judgments fail: a judging gain can come from more verdicts that parse, from more right
+verdicts among them, or only from naming one position (first-shown-top 0 or 1: the order decides, not the answers)."""
 JUDGING_METRICS = {
     "referee_sampled_accuracy": "sampled at temperature 1, as RL's preference rollouts judge",
     "referee_accuracy": "greedy",

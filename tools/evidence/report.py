@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.evidence.names import JUDGE_NAMES, JUDGING_METRICS, METRICS, RUN_LABELS
+from tools.evidence.names import JUDGE_NAMES, JUDGING_METRICS, METRICS, RUN_LABELS, VERDICT_METRICS
 from tools.evidence.plots import plot_all
 
 
@@ -45,7 +45,7 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for run in RUN_LABELS:
         per_seed = [final_scores(results, run, s, warm_of[s]) for s in seeds]
-        summary[run] = {m: stats([p.get(m) for p in per_seed]) for m in METRICS}
+        summary[run] = {m: stats([p.get(m) for p in per_seed]) for m in {**METRICS, **VERDICT_METRICS}}
         names = [f"warm_start/{warm_of[s]}" if run == "warm_start" else f"{run}/{s}" for s in seeds]
         summary[run]["seconds"] = stats([results[n]["seconds"] for n in names])
         summary[run]["cpu_seconds"] = stats([results[n].get("cpu_seconds") for n in names])
@@ -166,7 +166,26 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         " single-threaded, so its CPU seconds are close to what it takes on an idle core.",
         *([meta["note"]] if meta.get("note") else []),
     ]
-    return "\n".join(lines + notes + judging_tables(summary.get("judging_curves", {})) + claims_table(summary)) + "\n"
+    tables = verdicts_table(summary) + judging_tables(summary.get("judging_curves", {})) + claims_table(summary)
+    return "\n".join(lines + notes + tables) + "\n"
+
+
+def verdicts_table(summary: dict[str, Any]) -> list[str]:
+    """How each run's greedy held-out judgments end (:data:`VERDICT_METRICS`), mean ± std over seeds, in percent."""
+    if not any(summary[run].get(m, {}).get("values") for run in RUN_LABELS for m in VERDICT_METRICS):
+        return []  # a results.json from before these were recorded
+    head = ["Run", *VERDICT_METRICS.values()]
+    lines = [
+        "",
+        "How the held-out judgments end (greedy; mean ± std, %): a judging gain is a verdict that parses, a right",
+        "verdict among those, or only a fixed position (first-shown-top near 0 or 100: the order decides).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for run, label in RUN_LABELS.items():
+        lines.append("| " + " | ".join([label, *(_cell(summary[run].get(m)) for m in VERDICT_METRICS)]) + " |")
+    return lines
 
 
 def judging_curves(
