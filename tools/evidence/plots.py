@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ def plot_final(summary: dict[str, Any], path: Path) -> None:
                 label=RUN_LABELS[run] if m == 0 else None,
             )
             ax.scatter([x] * len(entry["values"]), [100 * v for v in entry["values"]], s=8, color="black", zorder=3)
-    ax.set_xticks(range(len(METRICS)), list(METRICS.values()))
+    ax.set_xticks(range(len(METRICS)), [textwrap.fill(label, 24) for label in METRICS.values()])
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Held-out scores after RL (bars: mean ± std over seeds; dots: seeds)")
+    # Above the plot, not over the bars (which may reach any height).
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(RUN_LABELS), frameon=False)
+    fig.suptitle("Held-out scores after RL (bars: mean ± std over seeds; dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
