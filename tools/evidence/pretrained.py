@@ -38,6 +38,14 @@ class GateConfig:
     that always names the same position gets). 0: measured, not claimed: greedy SmolLM2-135M closed its verdict in
     12-33% of the judgments tried when the world was chosen, and then named the first response shown."""
 
+    def targets(self) -> dict[str, float]:
+        """The check scores the pretrained model must reach: solving each form, and judging (0: measured only)."""
+        return {
+            "open_accuracy": self.target_solve,
+            "verifiable_accuracy": self.target_solve,
+            "referee_accuracy": self.target_judge,
+        }
+
 
 def prepare_pretrained(out: Path, files: dict[str, str], gate: GateConfig, world: str = "smollm2") -> dict:
     """Saves ``gate.model`` into ``out``, scores it on the check sets (the gate) and the held-out sets.

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,6 +99,16 @@ class WarmStartConfig:
     """Share of solved examples whose target answer is a wrong one."""
     judge_noise: float = 0.05
     """Share of judging examples where the referee's own answer (and so its verdict) is a wrong one."""
+
+    def targets(self) -> dict[str, float]:
+        """The check scores the warm start must reach before RL: solving both operations, and judging right, or,
+        for a judge at chance (``verdict_noise`` 1) that RL must teach its verdict, judging in a form that parses."""
+        wanted = {"open_accuracy": self.target_solve, "verifiable_accuracy": self.target_solve}
+        if self.verdict_noise < 1:
+            wanted["referee_accuracy"] = self.target_judge
+        else:
+            wanted["referee_parsed"] = self.target_verdicts
+        return wanted
 
 
 # ---- the tokenizer and the model -------------------------------------------------------------------------------
@@ -289,15 +300,9 @@ def check_set(split: Split, world: WorldConfig):
     )
 
 
-def missed_targets(scores: dict[str, float], cfg: WarmStartConfig) -> list[str]:
-    """The targets a warm start's check scores miss, as readable lines (empty: it may start RL)."""
-    wanted = {"open_accuracy": cfg.target_solve, "verifiable_accuracy": cfg.target_solve}
-    # A pretrained model's gate (tools.evidence.pretrained.GateConfig) teaches nothing: its verdicts count as taught.
-    if getattr(cfg, "verdict_noise", 0.0) < 1:
-        wanted["referee_accuracy"] = cfg.target_judge
-    else:
-        wanted["referee_parsed"] = cfg.target_verdicts
-    return [f"{k} {scores[k]:.3f} < {v:.2f}" for k, v in wanted.items() if scores[k] < v]
+def missed_targets(scores: dict[str, float], cfg: Any) -> list[str]:
+    """The targets of ``cfg`` (a config with ``targets()``) that check scores miss, as readable lines (empty: none)."""
+    return [f"{k} {scores[k]:.3f} < {v:.2f}" for k, v in cfg.targets().items() if scores[k] < v]
 
 
 def train(model, tokenizer, split: Split, cfg: WarmStartConfig, seed: int, world: WorldConfig) -> dict:
