@@ -115,6 +115,13 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
         build_warm_start(tmp_path / "bad", 0, tiny)
     assert not (tmp_path / "bad" / "warm_start.json").exists()  # never reused...
     assert "missed its targets" in (tmp_path / "bad" / "warm_start_failed.json").read_text()  # ...but kept to inspect
+    # The same seed and settings again: the failure is raised again without training (the model file is untouched).
+    weights = (tmp_path / "bad" / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(WarmStartError, match=r"missed its targets after 3 steps.*\(reused: "):
+        build_warm_start(tmp_path / "bad", 0, tiny)
+    assert (tmp_path / "bad" / "model.safetensors").stat().st_mtime_ns == weights
+    with pytest.raises(WarmStartError, match=r"missed its targets after 4 steps"):  # other settings: trained anew
+        build_warm_start(tmp_path / "bad", 0, replace(tiny, steps=3))
     lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0, target_verdicts=0.0)
     first = build_warm_start(tmp_path / "ok", 0, lenient)
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first

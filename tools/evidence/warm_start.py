@@ -337,14 +337,20 @@ def build_warm_start(
 ) -> dict:
     """Builds, trains, gates and saves the warm start into ``out`` (loadable with ``ModelArgs(name_or_path=out)``).
 
-    A folder that already holds a warm start of the same seed and settings is reused (``warm_start.json``).
+    A folder that already holds a warm start of the same seed and settings is reused (``warm_start.json``); one that
+    holds a warm start of the same seed and settings that missed its gate (``warm_start_failed.json``) raises the same
+    :class:`WarmStartError` again without retraining: training is seeded and single-threaded, so a retry on the same
+    machine and software would miss again, after the longest training of any seed (adding seeds to a finished run
+    then costs only the new seeds).
     """
     start = time.time()
     record = {"seed": seed, "config": asdict(cfg), "world": asdict(world)}
-    stamp = out / "warm_start.json"
-    if stamp.exists():
-        saved = json.loads(stamp.read_text())
-        if {k: saved.get(k) for k in record} == record:
+    for name in ("warm_start.json", "warm_start_failed.json"):
+        stamp = out / name
+        saved = json.loads(stamp.read_text()) if stamp.exists() else {}
+        if saved and {k: saved.get(k) for k in record} == record:
+            if "error" in saved:
+                raise WarmStartError(f"{saved['error']} (reused: {stamp})")
             return {**saved, "reused": True, "seconds": time.time() - start}
     split = split_problems(world)
     tokenizer = build_tokenizer(split.get("warm") + split.get("rl_solve"), seed=world.seed)
@@ -354,7 +360,7 @@ def build_warm_start(
     out.mkdir(parents=True, exist_ok=True)
     try:
         trained = train(model, tokenizer, split, cfg, seed, world)
-    except WarmStartError as error:  # keep the model that missed, for inspection (never reused: no warm_start.json)
+    except WarmStartError as error:  # keep the model that missed, for inspection, and the failure (reused above)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "warm_start_failed.json").write_text(json.dumps({**record, "error": str(error)}, indent=1))
