@@ -456,7 +456,7 @@ def machine(limits: dict) -> str:
 def floors(model: Path, params: int, base: dict, limits: dict) -> dict:
     """The least time this CPU needs for the verifiable workload's phases: decoding reads every weight once per
     token step (bandwidth-bound), and the update's forward and backward take 6 x (non-embedding parameters) FLOPs
-    per token of prompt and completion (matmul-bound; attention and the logits left out)."""
+    per distinct token, each prompt once and every completion token (matmul-bound; attention and logits left out)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from urpo.prompts import PlayerTemplate, render_chat
@@ -467,7 +467,8 @@ def floors(model: Path, params: int, base: dict, limits: dict) -> dict:
     prompt_tokens = statistics.mean(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     sequences = base["prompts"] * base["g"]
     matrix_params = params - config.vocab_size * config.hidden_size  # tied embeddings: counted once
-    update_flops = 6 * matrix_params * sequences * (prompt_tokens + base["length"])
+    # Each prompt once, as the shared-prefix update runs it; every completion token in full.
+    update_flops = 6 * matrix_params * (base["prompts"] * prompt_tokens + sequences * base["length"])
     return {
         "prompt_tokens": prompt_tokens,
         "rollout_s": base["length"] * params * 4 / (limits["bandwidth_gbs"] * 1e9),
@@ -493,6 +494,8 @@ def run_task(task: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if str(ROOT / "src") not in sys.path:  # the coordinator reads urpo's templates too; a checkout needs no install
+        sys.path.insert(0, str(ROOT / "src"))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, short completions: under 3 minutes")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="default 100m; tiny with --quick")
