@@ -12,9 +12,10 @@ import yaml
 from urpo.args import ModelArgs
 from urpo.errors import ConfigError
 from urpo.plan.architecture import model_facts
-from urpo.plan.estimate import memory_plan, shapes
+from urpo.plan.estimate import memory_plan
 from urpo.plan.report import main, parse_bytes
 from urpo.plan.setup import read_config, run_setup
+from urpo.plan.shapes import shapes
 from urpo.plan.step_time import step_time
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from urpo.args import LoraArgs
 from urpo.plan.architecture import ModelFacts
-from urpo.plan.estimate import memory_plan, shapes
+from urpo.plan.estimate import memory_plan
 from urpo.plan.setup import RunSetup
+from urpo.plan.shapes import shapes
 
 Knob = Callable[[RunSetup], Iterator[tuple[str, RunSetup]]]
 

@@ -20,8 +20,9 @@ from urpo.errors import URPOError
 from urpo.launch_env import env_options
 from urpo.plan.advice import fitting_changes, smallest_peak
 from urpo.plan.architecture import ModelFacts, model_facts
-from urpo.plan.estimate import GB, PHASES, MemoryPlan, compute_bytes, memory_plan, shapes
+from urpo.plan.estimate import GB, PHASES, MemoryPlan, compute_bytes, memory_plan
 from urpo.plan.setup import RunSetup, read_config, run_setup
+from urpo.plan.shapes import shapes
 from urpo.plan.step_time import step_time
 
 DEFAULT_TFLOPS = {"gpu": 200.0, "cpu": 0.5}

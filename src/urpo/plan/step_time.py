@@ -1,5 +1,5 @@
 """Time of a planned step per rank: its FLOPs at a stated throughput, and the floor of decoding at a stated memory
-bandwidth (pure arithmetic over :func:`urpo.plan.estimate.shapes`)."""
+bandwidth (pure arithmetic over :func:`urpo.plan.shapes.shapes`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass
 
 from urpo.plan.architecture import ModelFacts
-from urpo.plan.estimate import GB, compute_bytes, shapes
+from urpo.plan.estimate import GB, compute_bytes
 from urpo.plan.setup import RunSetup
+from urpo.plan.shapes import shapes
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ def step_time(setup: RunSetup, facts: ModelFacts, tflops: float, bandwidth_gbs: 
     """6·N·tokens per training pass (4·N with LoRA: no weight gradients of the base), 2·N per extra forward
     (recomputation, old log-probs, reference) and 2·N·tokens for generation; attention FLOPs are left out.
 
-    Generation counts each prompt prefill the engine runs (:func:`urpo.plan.estimate.player_prefills`): shared, a
+    Generation counts each prompt prefill the engine runs (:func:`urpo.plan.shapes.player_prefills`): shared, a
     prompt's cache holds all but its last token once, and each sequence runs that last token itself."""
     s, n = shapes(setup), facts.params
     tokens = s.player_sequences * s.sequence
