@@ -239,6 +239,9 @@ def test_paired_test_and_step_blocks():
     mixed = paired_test([0.05, -0.04, 0.01])
     assert mixed["positive"] == 2 and not mixed["significant"]
     assert paired_test([0.1])["t"] is None
+    equal = paired_test([0.28, 0.28, 0.28])  # no spread: no t (JSON has no infinity), but every seed agrees
+    assert equal["t"] is None and equal["significant"] and equal["positive"] == 3
+    assert not paired_test([0.0, 0.0])["significant"]
     steps = [{"step": i + 1, "x": float(i)} for i in range(25)] + [{"step": 26, "x": float("nan")}]
     assert blocks(steps) == [{"step": 10, "x": 4.5}, {"step": 20, "x": 14.5}, {"step": 26, "x": 22.0}]
 

@@ -84,7 +84,10 @@ def paired_test(differences: Sequence[float]) -> dict[str, Any]:
         entry["t"], entry["significant"] = None, False
         return entry
     spread = entry["std"] / math.sqrt(n)
-    entry["t"] = entry["mean"] / spread if spread > 0 else (math.inf if entry["mean"] > 0 else 0.0)
+    if spread == 0:  # every seed gave the same difference: t is undefined, the sign is not in doubt
+        entry["t"], entry["significant"] = None, entry["mean"] > 0
+        return entry
+    entry["t"] = entry["mean"] / spread
     critical = T_CRITICAL_5PCT_ONE_SIDED[n - 2] if n - 1 <= len(T_CRITICAL_5PCT_ONE_SIDED) else 1.645
     entry["significant"] = entry["t"] > critical
     return entry
@@ -266,7 +269,7 @@ def claims_table(summary: dict[str, Any]) -> list[str]:
         entry = rows.get(key)
         if entry is None or not entry["n"]:  # e.g. sampled judging, in a results.json from before it was recorded
             continue
-        t = "n/a" if entry["t"] is None else f"{entry['t']:.2f}"
+        t = f"{entry['t']:.2f}" if entry["t"] is not None else "n/a (no spread)" if entry["n"] > 1 else "n/a"
         significant = "yes" if entry["significant"] else "no"
         lines.append(f"| {label} | {_cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {significant} |")
     return lines
