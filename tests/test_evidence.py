@@ -106,6 +106,15 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     redraw([str(out)])
     assert (out / "results.md").read_text() == table
 
+    # A warm start reused from the work folder was trained by an earlier run: named, and kept out of the seconds.
+    from tools.evidence.report import write_report
+
+    saved["runs"]["warm_start/0"]["reused"] = True
+    again = write_report(saved["runs"], saved["meta"], tmp_path / "again")
+    assert again["summary"]["warm_start"]["seconds"]["values"] == []
+    redrawn = (tmp_path / "again" / "results.md").read_text()
+    assert "trained by an earlier run (not in the seconds): warm_start/0." in redrawn
+
 
 def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them_is_reused(tmp_path):
     from tools.evidence.warm_start import WarmStartConfig, WarmStartError, build_warm_start, missed_targets
@@ -125,7 +134,9 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
     lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0, target_verdicts=0.0)
     first = build_warm_start(tmp_path / "ok", 0, lenient)
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
-    assert build_warm_start(tmp_path / "ok", 0, lenient)["reused"]
+    assert (tmp_path / "ok" / "warm_start.json").exists() and not (tmp_path / "ok" / "warm_start_failed.json").exists()
+    again = build_warm_start(tmp_path / "ok", 0, lenient)
+    assert again["reused"] and again["seconds"] == pytest.approx(first["seconds"])  # its training time, kept
     scores = {"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5, "referee_parsed": 0.9}
     assert missed_targets({**scores, "referee_accuracy": 0.7}, lenient) == []
     # Taught verdicts (the default) must judge well; random ones need only parse: their accuracy is chance.

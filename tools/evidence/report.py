@@ -47,8 +47,10 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
         per_seed = [final_scores(results, run, s, warm_of[s]) for s in seeds]
         summary[run] = {m: stats([p.get(m) for p in per_seed]) for m in {**METRICS, **VERDICT_METRICS}}
         names = [f"warm_start/{warm_of[s]}" if run == "warm_start" else f"{run}/{s}" for s in seeds]
-        summary[run]["seconds"] = stats([results[n]["seconds"] for n in names])
-        summary[run]["cpu_seconds"] = stats([results[n].get("cpu_seconds") for n in names])
+        timed = [n for n in names if not results[n].get("reused")]  # a reused warm start was trained by another run
+        summary[run]["seconds"] = stats([results[n]["seconds"] for n in timed])
+        summary[run]["cpu_seconds"] = stats([results[n].get("cpu_seconds") for n in timed])
+        summary[run]["reused"] = sorted({n for n in names if results[n].get("reused")})
     # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's is frozen.
     summary["urpo"]["open_referee_accuracy"] = summary["urpo"]["referee_accuracy"]
     summary["separate_referee"]["open_referee_accuracy"] = stats(
@@ -165,6 +167,11 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f" (its own run took {_cell(summary['referee']['seconds'], percent=False)} s more, wall;"
         f" {_cell(summary['referee']['cpu_seconds'], percent=False)} s CPU).",
         f"The warm start is {warm}",
+        *(
+            [f"Reused from the work folder, trained by an earlier run (not in the seconds): {', '.join(reused)}."]
+            if (reused := summary["warm_start"].get("reused"))
+            else []
+        ),
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es). Every run is"
         " single-threaded, so its CPU seconds are close to what it takes on an idle core.",
         *([meta["note"]] if meta.get("note") else []),

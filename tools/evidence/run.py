@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=None,
-        help="seeds (default: 0-5; smollm2: 0 1 2); seed s trains warm start s, then every RL run with seed s",
+        help="seeds (default: 0-7; smollm2: 0 1 2); seed s trains warm start s, then every RL run with seed s",
     )
     parser.add_argument("--steps", type=int, default=None, help="RL steps of every run (default: the world's)")
     parser.add_argument("--warm-steps", type=int, default=WarmStartConfig.steps, help="supervised warm-start steps")
@@ -178,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="a tiny configuration that only checks the pipeline")
     args = parser.parse_args(argv)
     real = args.world == "smollm2"
-    args.seeds = args.seeds or ([0, 1, 2] if real else [0, 1, 2, 3, 4, 5])
+    args.seeds = args.seeds or ([0, 1, 2] if real else list(range(8)))
     args.out = args.out or Path("docs/evidence/smollm2" if real else "docs/evidence")
     args.work = args.work or Path("build/evidence/smollm2" if real else "build/evidence")
     if args.model and not real:

@@ -351,7 +351,7 @@ def build_warm_start(
         if saved and {k: saved.get(k) for k in record} == record:
             if "error" in saved:
                 raise WarmStartError(f"{saved['error']} (reused: {stamp})")
-            return {**saved, "reused": True, "seconds": time.time() - start}
+            return {**saved, "reused": True, "reuse_seconds": time.time() - start}  # "seconds": its training
     split = split_problems(world)
     tokenizer = build_tokenizer(split.get("warm") + split.get("rl_solve"), seed=world.seed)
     model = build_model(tokenizer, cfg, seed)
@@ -377,7 +377,7 @@ def build_warm_start(
             "seconds": time.time() - start,
         }
     )
-    stamp.write_text(json.dumps(record, indent=1))
+    (out / "warm_start.json").write_text(json.dumps(record, indent=1))
     return record
 
 
