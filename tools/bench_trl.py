@@ -13,9 +13,10 @@ each is a warm-up and is not timed; step times are medians. urpo and TRL sample 
 completion (``min_new_tokens`` in HF generate and TRL, ``min_tokens`` in vLLM), so both do the same work.
 
 Configurations (``--configs``, ENGINE-PRECISION): ``hf`` and ``vllm`` train on verifiable rows, as TRL does;
-``hfplain`` is ``hf`` as urpo computed it before each prompt was computed once: ``sampling.shared_prefill``,
-``grpo.shared_prefix`` and ``grpo.logits_chunk_tokens`` off (each prompt prefilled and trained on G times, whole
-logits); ``urpo3`` (vLLM), ``urpo3hf`` and ``urpo3hfplain`` (HF) run URPO's step of all three kinds: every 4-row
+``hfplain`` is ``hf`` as urpo computed it before issue 15: ``sampling.shared_prefill``, ``grpo.shared_prefix`` and
+``grpo.logits_chunk_tokens`` off (each prompt prefilled and trained on G times, whole logits) and generation on
+``transformers``' stock SDPA (the KV cache copied to every query head, :mod:`urpo.attention`); ``urpo3`` (vLLM),
+``urpo3hf`` and ``urpo3hfplain`` (HF) run URPO's step of all three kinds: every 4-row
 block is 2 verifiable rows, 1 preference row of N = 4 responses of ~150 tokens each (a long referee prompt, judged
 G times and trained on) and 1 open row (its G answers judged by the policy). Each row of the table gives the phases
 of a step (rollout, the referee's judging, update), peak RSS, and the step beside this CPU's limits, which the tool
@@ -186,6 +187,12 @@ def run_urpo(spec: dict) -> None:
             _report("step", seconds=time.perf_counter() - self.t0, tokens=float(m["completion/tokens"]), **phases)
 
     start = time.perf_counter()
+    if not spec["shared_prefill"]:  # urpo before issue 15 also copied the KV cache to every head on CPU
+        import contextlib
+
+        import urpo.engines.hf_engine
+
+        urpo.engines.hf_engine.cpu_grouped_query_attention = lambda model: contextlib.nullcontext()
     rewards = [answer_reward_callback()]
     if spec["three_kinds"]:
         from urpo.rewards.preference import PreferenceReward

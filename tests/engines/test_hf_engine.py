@@ -186,3 +186,73 @@ def test_sampling_args_are_validated():
     for bad in ({"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 0.0}):
         with pytest.raises(ConfigError):
             SamplingArgs(**bad)
+
+
+# ---- grouped-query attention on CPU without the KV copy ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grouped_query_model(tiny_model_dir):
+    """The tiny model's architecture with 4 query heads sharing 1 KV head (random weights, seeded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 1, 16
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return model, load_tokenizer(ModelArgs(name_or_path=tiny_model_dir))
+
+
+def test_grouped_query_sdpa_equals_transformers_sdpa_under_a_padding_mask():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from urpo.attention import grouped_query_sdpa
+
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    torch.manual_seed(0)
+    query, key, value = torch.randn(4, 6, 1, 8), torch.randn(4, 2, 10, 8), torch.randn(4, 2, 10, 8)
+    mask = torch.ones(4, 1, 1, 10, dtype=torch.bool)
+    mask[1, ..., :7] = False  # left padding of different widths
+    mask[3, ..., :2] = False
+    ours, _ = grouped_query_sdpa(module, query, key, value, mask, scaling=0.3)
+    stock, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    torch.testing.assert_close(ours, stock)
+    assert ours.shape == (4, 1, 6, 8)
+
+
+@pytest.mark.parametrize("shared_prefill", [False, True])
+def test_grouped_query_generation_samples_the_same_tokens(grouped_query_model, monkeypatch, shared_prefill):
+    import contextlib
+
+    import urpo.engines.hf_engine as hf_engine
+    from urpo.attention import GQA_SDPA
+
+    model, tokenizer = grouped_query_model
+    ids = [tokenizer(("long prompt " * 12 if i % 3 == 0 else "") + f"What is {i} + 2?")["input_ids"] for i in range(6)]
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+
+    def sample():
+        torch.manual_seed(1)
+        return generate_ids(model, tokenizer, ids, 6, temperature=1.0, shared_prefill=shared_prefill)
+
+    ours = sample()
+    assert set(seen) == {GQA_SDPA} and model.config._attn_implementation == "sdpa"  # used while generating, restored
+    monkeypatch.setattr(hf_engine, "cpu_grouped_query_attention", lambda m: contextlib.nullcontext())
+    assert sample() == ours
+
+
+def test_grouped_query_attention_leaves_other_implementations_alone(grouped_query_model):
+    from urpo.attention import cpu_grouped_query_attention
+
+    model, _ = grouped_query_model
+    model.config._attn_implementation = "eager"
+    try:
+        with cpu_grouped_query_attention(model):
+            assert model.config._attn_implementation == "eager"
+    finally:
+        model.config._attn_implementation = "sdpa"
+    with pytest.raises(RuntimeError), cpu_grouped_query_attention(model):  # restored after an error too
+        raise RuntimeError
+    assert model.config._attn_implementation == "sdpa"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from urpo.args import SamplingArgs
+from urpo.attention import cpu_grouped_query_attention
 from urpo.engines.base import FinishReason, RolloutBatch
 
 if TYPE_CHECKING:
@@ -138,9 +139,10 @@ def generate_ids(
     # eval() turns off dropout and lets the KV cache work when gradient checkpointing is on.
     model.eval()
     try:
-        if shared:
-            settings[_cache_keyword(model)] = _prefill_once(model, prompt_ids, input_ids, attention_mask)
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)  # [B, P + T]
+        with cpu_grouped_query_attention(model):  # padded batches on CPU: no copy of the KV cache per head
+            if shared:
+                settings[_cache_keyword(model)] = _prefill_once(model, prompt_ids, input_ids, attention_mask)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)  # [B, P + T]
     finally:
         model.train(was_training)
     new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B, T]
