@@ -72,10 +72,8 @@ def cpu_grouped_query_attention(model: torch.nn.Module) -> Iterator[None]:
     """
     config = getattr(model, "config", None)
     parameter = next(model.parameters(), None)
-    if config is None or parameter is None or parameter.device.type != "cpu":
-        yield
-        return
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    on_cpu = parameter is not None and parameter.device.type == "cpu"
+    if not on_cpu or getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return
     config._attn_implementation = GQA_SDPA

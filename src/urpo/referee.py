@@ -26,7 +26,7 @@ from urpo.ranking import (  # re-exported: part of the referee's public API
     pairwise_accuracy,
     top1_correct,
 )
-from urpo.verdict import (  # re-exported: the verdict format is part of the referee's public API
+from urpo.verdict import (  # the verdict format (re-exported, see __all__) and helpers the template shares
     LOOKALIKES,
     MAX_BLOCK_CHARS,
     MAX_LABELS,

@@ -50,12 +50,14 @@ class ParseFailure:
 
 
 def label_names(n: int) -> list[str]:
+    """The labels of ``n`` responses: A, B, C, ..."""
     if not 0 <= n <= MAX_LABELS:
         raise ValueError(f"can label 0..{MAX_LABELS} responses, got {n}")
     return [chr(ord("A") + i) for i in range(n)]
 
 
 def spoken_list(names: Sequence[str]) -> str:
+    """``names`` as a sentence reads them: "A, B and C"."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
@@ -73,11 +75,13 @@ def tag_regex(tag: str, lookalikes: bool) -> str:
 
 @functools.lru_cache(maxsize=32)
 def tag_patterns(open_tag: str, close_tag: str, lookalikes: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Case-insensitive patterns of the opening and closing tag (with ``lookalikes``, their full-width forms too)."""
     opener, closer = (re.compile(tag_regex(tag, lookalikes), re.IGNORECASE) for tag in (open_tag, close_tag))
     return opener, closer
 
 
 def check_permutation(order: Sequence[int], n: int) -> None:
+    """Raises ``ValueError`` unless ``order`` is a permutation of ``range(n)``."""
     if sorted(order) != list(range(n)):
         raise ValueError(f"order must be a permutation of range({n}), got {list(order)!r}")
 

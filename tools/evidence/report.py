@@ -47,10 +47,11 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
         per_seed = [final_scores(results, run, s, warm_of[s]) for s in seeds]
         summary[run] = {m: stats([p.get(m) for p in per_seed]) for m in {**METRICS, **VERDICT_METRICS}}
         names = [f"warm_start/{warm_of[s]}" if run == "warm_start" else f"{run}/{s}" for s in seeds]
-        timed = [n for n in names if not results[n].get("reused")]  # a reused warm start was trained by another run
+        reused = sorted({n for n in names if results[n].get("reused")})  # trained by an earlier run: not timed here
+        timed = [n for n in names if n not in reused]
         summary[run]["seconds"] = stats([results[n]["seconds"] for n in timed])
         summary[run]["cpu_seconds"] = stats([results[n].get("cpu_seconds") for n in timed])
-        summary[run]["reused"] = sorted({n for n in names if results[n].get("reused")})
+        summary[run]["reused"] = reused
     # The referee whose rankings rewarded the open rows: URPO's is the trained model itself, the baseline's is frozen.
     summary["urpo"]["open_referee_accuracy"] = summary["urpo"]["referee_accuracy"]
     summary["separate_referee"]["open_referee_accuracy"] = stats(

@@ -351,7 +351,7 @@ def build_warm_start(
         if saved and {k: saved.get(k) for k in record} == record:
             if "error" in saved:
                 raise WarmStartError(f"{saved['error']} (reused: {stamp})")
-            return {**saved, "reused": True, "reuse_seconds": time.time() - start}  # "seconds": its training
+            return {**saved, "reused": True}  # its "seconds" are its training's
     split = split_problems(world)
     tokenizer = build_tokenizer(split.get("warm") + split.get("rl_solve"), seed=world.seed)
     model = build_model(tokenizer, cfg, seed)
