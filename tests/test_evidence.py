@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 from tools.evidence.world import (
     OPEN_OP,
@@ -98,6 +99,9 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     assert len(parsed) == 1 and 0.0 <= parsed[0] <= 1.0
     assert saved["summary"]["comparisons"]["urpo_sampled_judging_gain"]["n"] == 1
     assert saved["summary"]["urpo"]["cpu_seconds"]["mean"] > 0
+    machine = saved["meta"]["machine"]  # the float path the numbers came from, named in the table
+    assert machine["aten_kernels"] == torch.backends.cpu.get_cpu_capability() and machine["torch"] == torch.__version__
+    assert f"Machine: {machine['cpu']} (" in table and f"ATen kernels {machine['aten_kernels']}" in table
 
     # The table and plots can be redrawn from results.json alone (the same table: nothing is lost in the summary).
     from tools.evidence.report import main as redraw

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 
@@ -87,10 +87,13 @@ def _phase_order(key: str) -> tuple[int, str]:
 
 
 def format_table(steps: list[dict[str, float]], batch_seconds: float, cli) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, tools.* imports from the checkout
+    from tools.machine import cpu_name, simd
+
     keys = sorted({k for s in steps for k in s if k.startswith("time/")}, key=_phase_order)
     step_time = statistics.mean(s["time/step"] for s in steps)
     lines = [
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"machine: {cpu_name()} ({simd()}), {os.cpu_count()} cores, torch threads "
         f"{__import__('torch').get_num_threads()}; precision {cli.trainer.precision}; {len(steps)} measured steps",
         f"{'phase':<32}{'seconds':>10}{'share':>9}",
     ]

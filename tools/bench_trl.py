@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -402,23 +401,6 @@ def run_group(specs: dict[str, dict], logs: Path) -> dict[str, dict]:
 # ---- this CPU's limits ----------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def cpu_flags() -> set[str]:
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def measure_limits(seconds: float = 3.0) -> dict:
     """This CPU's fp32 matrix-product rate (GFLOP/s, torch.mm of 2048 x 2048, the best of repeated runs) and memory
     bandwidth (GB/s: bytes read plus written by copying a 512 MiB tensor, the best run), with torch's threads."""
@@ -441,6 +423,9 @@ def measure_limits(seconds: float = 3.0) -> dict:
     dst = torch.empty_like(src)
     bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src), seconds) / 1e9
     limits = {"matmul_gflops": matmul, "bandwidth_gbs": bandwidth}
+    sys.path.insert(0, str(ROOT))
+    from tools.machine import cpu_flags
+
     if cpu_flags() & {"avx512_bf16", "amx_bf16"}:  # bf16 has hardware support: its rate matters too
         a16, b16 = a.bfloat16(), b.bfloat16()
         limits["matmul_bf16_gflops"] = 2 * n**3 / best(lambda: torch.mm(a16, b16), seconds) / 1e9
@@ -450,11 +435,12 @@ def measure_limits(seconds: float = 3.0) -> dict:
 def machine(limits: dict) -> str:
     import torch
 
-    flags = cpu_flags()
-    simd = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
+    sys.path.insert(0, str(ROOT))
+    from tools.machine import cpu_name, simd
+
     bf16 = f", bf16 {limits['matmul_bf16_gflops']:.0f} GFLOP/s" if "matmul_bf16_gflops" in limits else ""
     return (
-        f"{cpu_name()} ({simd}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"{cpu_name()} ({simd()}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
         f"threads); measured: fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s{bf16}, memory bandwidth "
         f"{limits['bandwidth_gbs']:.1f} GB/s"
     )

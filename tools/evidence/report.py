@@ -11,6 +11,7 @@ from typing import Any
 
 from tools.evidence.names import JUDGE_NAMES, JUDGING_METRICS, METRICS, RUN_LABELS, VERDICT_METRICS
 from tools.evidence.plots import plot_all
+from tools.machine import describe
 
 
 def stats(values: Sequence[float]) -> dict[str, Any]:
@@ -175,6 +176,7 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         ),
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es). Every run is"
         " single-threaded, so its CPU seconds are close to what it takes on an idle core.",
+        *([f"Machine: {describe(meta['machine'])}."] if meta.get("machine") else []),
         *([meta["note"]] if meta.get("note") else []),
     ]
     tables = verdicts_table(summary) + judging_tables(summary.get("judging_curves", {})) + claims_table(summary)

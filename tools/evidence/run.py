@@ -33,6 +33,7 @@ from tools.evidence.runs import RLConfig, execute
 from tools.evidence.spec import WORLDS
 from tools.evidence.warm_start import WarmStartConfig, WarmStartError
 from tools.evidence.world import WorldConfig, write_world
+from tools.machine import float_path
 
 RUNS = ("warm_start", "urpo", "separate_referee", "verifiable_only")
 """The rows of the table; the baseline's referee is trained as a run of its own, ``referee``."""
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rl": asdict(rl),
         "warm_per_seed": args.warm_per_seed,
         "workers": args.workers,
+        "machine": float_path(),
         "wall_seconds": time.time() - start,
         "command": "python -m tools.evidence.run " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
