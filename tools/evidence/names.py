@@ -26,6 +26,19 @@ JUDGING_METRICS = {
 """Held-out judging is reported both ways: near chance the greedy verdict follows whichever position is ahead by a
 hair and swings between evaluations (docs/evidence.md), while the sampled accuracy moves only as the verdicts come
 to depend on the answers."""
+CLAIMS = {
+    "urpo_sampled_judging_gain": "URPO's judging gain over its warm start (sampled)",
+    "referee_sampled_judging_gain": "Dedicated referee's judging gain over its warm start (sampled)",
+    "verifiable_only_sampled_judging_gain": "Verifiable-only GRPO's judging gain, no preference rows (sampled)",
+    "urpo_minus_dedicated_referee_sampled_judging": "URPO minus dedicated referee, judging (sampled)",
+    "urpo_judging_gain": "URPO's judging gain over its warm start (greedy)",
+    "referee_judging_gain": "Dedicated referee's judging gain over its warm start (greedy)",
+    "verifiable_only_judging_gain": "Verifiable-only GRPO's judging gain, no preference rows (greedy)",
+    "urpo_minus_dedicated_referee_judging": "URPO minus dedicated referee, judging (greedy)",
+    "urpo_minus_baseline_open": "URPO minus frozen-referee baseline, open accuracy",
+    "urpo_open_gain": "URPO's open accuracy gain over its warm start",
+}
+"""The paper's claims as paired differences per seed (report.comparisons), by their key in results.json."""
 # The reward callback that judged the open rows of each run (its metrics carry this name).
 JUDGE_NAMES = {"urpo": "probed_self_judge", "separate_referee": "frozen_judge"}
 COLORS = {

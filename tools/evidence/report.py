@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.evidence.names import JUDGE_NAMES, JUDGING_METRICS, METRICS, RUN_LABELS, VERDICT_METRICS
+from tools.evidence.names import CLAIMS, JUDGE_NAMES, JUDGING_METRICS, METRICS, RUN_LABELS, VERDICT_METRICS
 from tools.evidence.plots import plot_all
 from tools.machine import describe
 
@@ -123,7 +123,8 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _cell(entry: dict[str, Any] | None, percent: bool = True) -> str:
+def cell(entry: dict[str, Any] | None, percent: bool = True) -> str:
+    """``mean ± std`` of a :func:`stats` entry, in percent unless ``percent`` is off; ``n/a`` where it has no values."""
     if not entry or entry["mean"] is None:
         return "n/a"
     scale = 100.0 if percent else 1.0
@@ -144,10 +145,10 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         row = summary[run]
         cells = [
             label,
-            *(_cell(row[m]) for m in METRICS),
-            _cell(row.get("open_referee_accuracy")),
-            _cell(row.get("reward_truth_agreement")),
-            f"{_cell(row['seconds'], percent=False)}; {_cell(row['cpu_seconds'], percent=False)}",
+            *(cell(row[m]) for m in METRICS),
+            cell(row.get("open_referee_accuracy")),
+            cell(row.get("reward_truth_agreement")),
+            f"{cell(row['seconds'], percent=False)}; {cell(row['cpu_seconds'], percent=False)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(meta["seeds"])
@@ -166,8 +167,8 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Every RL run: {meta['rl']['steps']} steps x {meta['rl']['prompts_per_step']} prompts x G = "
         f"{meta['rl']['num_generations']}. The separate referee was trained for the same {meta['rl']['steps']} "
         "steps on as many preference rows per step as URPO sees, then frozen"
-        f" (its own run took {_cell(summary['referee']['seconds'], percent=False)} s more, wall;"
-        f" {_cell(summary['referee']['cpu_seconds'], percent=False)} s CPU).",
+        f" (its own run took {cell(summary['referee']['seconds'], percent=False)} s more, wall;"
+        f" {cell(summary['referee']['cpu_seconds'], percent=False)} s CPU).",
         f"The warm start is {warm}",
         *(
             [f"Reused from the work folder, trained by an earlier run (not in the seconds): {', '.join(reused)}."]
@@ -197,7 +198,7 @@ def verdicts_table(summary: dict[str, Any]) -> list[str]:
         "|" + "---|" * len(head),
     ]
     for run, label in RUN_LABELS.items():
-        lines.append("| " + " | ".join([label, *(_cell(summary[run].get(m)) for m in VERDICT_METRICS)]) + " |")
+        lines.append("| " + " | ".join([label, *(cell(summary[run].get(m)) for m in VERDICT_METRICS)]) + " |")
     return lines
 
 
@@ -245,22 +246,8 @@ def judging_table(curves: dict[str, list[dict[str, Any]]], how: str) -> list[str
         "|---|" + "---|" * len(steps),
     ]
     for run, points in curves.items():
-        lines.append(f"| {JUDGING_LABELS[run]} | " + " | ".join(_cell(p) for p in points) + " |")
+        lines.append(f"| {JUDGING_LABELS[run]} | " + " | ".join(cell(p) for p in points) + " |")
     return lines
-
-
-CLAIMS = {
-    "urpo_sampled_judging_gain": "URPO's judging gain over its warm start (sampled)",
-    "referee_sampled_judging_gain": "Dedicated referee's judging gain over its warm start (sampled)",
-    "verifiable_only_sampled_judging_gain": "Verifiable-only GRPO's judging gain, no preference rows (sampled)",
-    "urpo_minus_dedicated_referee_sampled_judging": "URPO minus dedicated referee, judging (sampled)",
-    "urpo_judging_gain": "URPO's judging gain over its warm start (greedy)",
-    "referee_judging_gain": "Dedicated referee's judging gain over its warm start (greedy)",
-    "verifiable_only_judging_gain": "Verifiable-only GRPO's judging gain, no preference rows (greedy)",
-    "urpo_minus_dedicated_referee_judging": "URPO minus dedicated referee, judging (greedy)",
-    "urpo_minus_baseline_open": "URPO minus frozen-referee baseline, open accuracy",
-    "urpo_open_gain": "URPO's open accuracy gain over its warm start",
-}
 
 
 def claims_table(summary: dict[str, Any]) -> list[str]:
@@ -281,7 +268,7 @@ def claims_table(summary: dict[str, Any]) -> list[str]:
             continue
         t = f"{entry['t']:.2f}" if entry["t"] is not None else "n/a (no spread)" if entry["n"] > 1 else "n/a"
         significant = "yes" if entry["significant"] else "no"
-        lines.append(f"| {label} | {_cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {significant} |")
+        lines.append(f"| {label} | {cell(entry)} | {entry['positive']}/{entry['n']} | {t} | {significant} |")
     return lines
 
 

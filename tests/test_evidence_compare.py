@@ -1,0 +1,63 @@
+"""tools.evidence.compare: two runs' machines, seeds, scores and claim verdicts side by side, from results.json."""
+
+import copy
+import json
+
+import pytest
+
+from tools.evidence.compare import claims, main
+from tools.evidence.names import CLAIMS
+
+DOCUMENTED = "docs/evidence/results.json"
+
+
+@pytest.fixture
+def documented():
+    with open(DOCUMENTED) as handle:
+        return json.load(handle)
+
+
+def test_a_run_against_itself_agrees_on_every_claim_it_recorded(documented, tmp_path):
+    text = main([DOCUMENTED, "docs/evidence", "--names", "here", "again", "--out", str(tmp_path / "same.md")])
+    recorded = [k for k in CLAIMS if documented["summary"]["comparisons"].get(k, {}).get("n")]
+    assert len(recorded) >= 8
+    assert f"The verdicts agree on {len(recorded)} of {len(recorded)} claims." in text
+    assert (tmp_path / "same.md").read_text() == text
+    urpo_open = documented["summary"]["urpo"]["open_accuracy"]
+    row = f"| URPO (self-judge) | Open-style accuracy | {urpo_open['mean'] * 100:.1f} ± {urpo_open['std'] * 100:.1f} |"
+    assert row in text
+
+
+def test_a_claim_that_flips_is_named_and_counted_and_the_machines_and_dropped_seeds_are_shown(documented, tmp_path):
+    documented["meta"].pop("machine", None)  # as in a run from before machines were recorded
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / "results.json").write_text(json.dumps(documented))
+    other = copy.deepcopy(documented)
+    other["meta"]["machine"] = {
+        "cpu": "Intel Xeon",
+        "simd": "avx2, avx512f",
+        "cores": 8,
+        "torch": "2.13.0+cpu",
+        "aten_kernels": "AVX512",
+        "overrides": {},
+    }
+    other["meta"]["seeds"], other["meta"]["failed_gates"] = [0, 1], {"warm_start/2": "missed"}
+    flipped = other["summary"]["comparisons"]["urpo_minus_baseline_open"]
+    flipped["significant"], flipped["positive"] = not flipped["significant"], 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(other))
+
+    rows = {row["claim"]: row for row in claims(documented, other)}
+    assert not rows["urpo_minus_baseline_open"]["agree"]
+    assert all(row["agree"] for key, row in rows.items() if key != "urpo_minus_baseline_open")
+    text = main([str(tmp_path / "before"), str(tmp_path / "other"), "--names", "EPYC", "Xeon"])
+    assert f"The verdicts agree on {len(rows) - 1} of {len(rows)} claims." in text
+    assert "| URPO minus frozen-referee baseline, open accuracy |" in text and "| **no** |" in text
+    assert "- **Xeon**: Intel Xeon (avx2, avx512f), 8 cores; torch 2.13.0+cpu, ATen kernels AVX512." in text
+    assert "Seeds kept: [0, 1]; warm starts that missed the gate: warm_start/2." in text
+    assert "- **EPYC**: not recorded (a run from before 7 Dec 2026)." in text
+
+
+def test_a_folder_without_results_is_named_in_the_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/results.json: no results.json here"):
+        main([str(tmp_path), DOCUMENTED])

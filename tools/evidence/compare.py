@@ -1,0 +1,97 @@
+"""Do two evidence runs tell the same story? ``python -m tools.evidence.compare A B`` (folders or results.json files).
+
+One machine repeats a seeded run to the digit. Another CPU, or a narrower float path on this one (docs/evidence.md,
+"Across CPUs"), trains different models from the same seeds. Which seeds pass the warm-start gate may then change,
+and so may every score. The claims' verdicts should not. This prints both machines and the seeds each kept. It shows
+the scores side by side, and for every claim both verdicts and whether they agree. ``--out`` also writes it to a
+file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `tools.evidence` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tools.evidence.names import CLAIMS, METRICS, RUN_LABELS
+from tools.evidence.report import cell
+from tools.machine import describe
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A run's results.json, from the file or the folder holding it."""
+    file = path / "results.json" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no results.json here (a folder `python -m tools.evidence.run --out` wrote)")
+    return json.loads(file.read_text())
+
+
+def machine(meta: dict[str, Any]) -> str:
+    return describe(meta["machine"]) if meta.get("machine") else "not recorded (a run from before 7 Dec 2026)"
+
+
+def verdict(entry: dict[str, Any] | None) -> str | None:
+    """``mean ± std, k/n > 0, significant`` for one claim's paired test; None where the run did not record it."""
+    if not entry or not entry.get("n"):
+        return None
+    return f"{cell(entry)}, {entry['positive']}/{entry['n']} > 0, {'significant' if entry['significant'] else 'not'}"
+
+
+def claims(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every claim both runs recorded: the two entries and whether their verdicts (mean > 0 at 5%) agree."""
+    rows = []
+    for key, label in CLAIMS.items():
+        a, b = (doc["summary"].get("comparisons", {}).get(key) for doc in (first, second))
+        if verdict(a) and verdict(b):
+            rows.append(
+                {"claim": key, "label": label, "first": a, "second": b, "agree": a["significant"] == b["significant"]}
+            )
+    return rows
+
+
+def markdown(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str]) -> str:
+    """The comparison as Markdown: machines and seeds, scores side by side, then the claims' verdicts."""
+    lines = [f"# {names[0]} against {names[1]}", ""]
+    for name, doc in zip(names, (first, second), strict=True):
+        meta = doc["meta"]
+        dropped = ", ".join(sorted(meta.get("failed_gates", {}))) or "none"
+        lines.append(
+            f"- **{name}**: {machine(meta)}. Seeds kept: {meta['seeds']}; warm starts that missed the gate: {dropped}."
+        )
+    lines += ["", f"| Run | Score | {names[0]} | {names[1]} |", "|---|---|---|---|"]
+    for run, label in RUN_LABELS.items():
+        for metric, metric_label in METRICS.items():
+            a, b = (doc["summary"].get(run, {}).get(metric) for doc in (first, second))
+            lines.append(f"| {label} | {metric_label} | {cell(a)} | {cell(b)} |")
+    rows = claims(first, second)
+    lines += ["", f"| Claim (mean > 0 at 5%?) | {names[0]} | {names[1]} | Same verdict |", "|---|---|---|---|"]
+    for row in rows:
+        same = "yes" if row["agree"] else "**no**"
+        lines.append(f"| {row['label']} | {verdict(row['first'])} | {verdict(row['second'])} | {same} |")
+    agreeing = sum(row["agree"] for row in rows)
+    lines += ["", f"The verdicts agree on {agreeing} of {len(rows)} claims."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("first", type=Path, help="a results.json or its folder (e.g. docs/evidence)")
+    parser.add_argument("second", type=Path, help="the run to compare it with")
+    parser.add_argument("--names", nargs=2, default=None, help="what to call the two runs (default: their paths)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    names = tuple(args.names or (str(args.first), str(args.second)))
+    text = markdown(load(args.first), load(args.second), names)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
