@@ -54,10 +54,27 @@ def test_a_claim_that_flips_is_named_and_counted_and_the_machines_and_dropped_se
     assert f"The verdicts agree on {len(rows) - 1} of {len(rows)} claims." in text
     assert "| URPO minus frozen-referee baseline, open accuracy |" in text and "| **no** |" in text
     assert "- **Xeon**: Intel Xeon (avx2, avx512f), 8 cores; torch 2.13.0+cpu, ATen kernels AVX512." in text
-    assert "Seeds kept: [0, 1]; warm starts that missed the gate: warm_start/2." in text
-    assert "- **EPYC**: not recorded (a run from before 7 Dec 2026)." in text
+    assert (
+        "Seeds asked: [0, 1, 2, 3, 4, 5, 6, 7]; kept: [0, 1]; warm starts that missed the gate: warm_start/2." in text
+    )
+    assert "- **EPYC**: not recorded (its results.json predates tools.machine)." in text
 
 
 def test_a_folder_without_results_is_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/results.json: no results.json here"):
         main([str(tmp_path), DOCUMENTED])
+
+
+def test_seeds_compare_over_a_subset_summarized_again_from_the_runs(documented):
+    """A run that asked seeds 0-4 against the documented 0-7: the documented one over its kept seeds among 0-4."""
+    kept = [s for s in documented["meta"]["seeds"] if s <= 4]
+    text = main([DOCUMENTED, DOCUMENTED, "--names", "all", "first five", "--seeds", "0", "1", "2", "3", "4"])
+    assert f"Seeds asked: [0, 1, 2, 3, 4]; kept: {kept};" in text
+    dropped = sorted(k for k in documented["meta"]["failed_gates"] if int(k.split("/")[1]) <= 4)
+    assert f"warm starts that missed the gate: {', '.join(dropped)}." in text
+    open_final = [documented["runs"][f"urpo/{s}"]["final"]["open_accuracy"] for s in kept]
+    mean = 100 * sum(open_final) / len(open_final)
+    assert f"| URPO (self-judge) | Open-style accuracy | {mean:.1f} ± " in text
+    failed = min(int(name.split("/")[1]) for name in documented["meta"]["failed_gates"])
+    with pytest.raises(ValueError, match=rf"none of seeds \[{failed}\] passed the gate"):
+        main([DOCUMENTED, DOCUMENTED, "--seeds", str(failed)])

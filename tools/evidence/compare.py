@@ -4,7 +4,8 @@ One machine repeats a seeded run to the digit. Another CPU, or a narrower float 
 "Across CPUs"), trains different models from the same seeds. Which seeds pass the warm-start gate may then change,
 and so may every score. The claims' verdicts should not. This prints both machines and the seeds each kept. It shows
 the scores side by side, and for every claim both verdicts and whether they agree. ``--out`` also writes it to a
-file.
+file. ``--seeds`` compares over those seeds asked only (a run that asked seeds 0-4 against the documented 0-7): each
+run is summarized again from its results.json over the seeds of that set that passed its gate.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.evidence` importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.evidence.names import CLAIMS, METRICS, RUN_LABELS
-from tools.evidence.report import cell
+from tools.evidence.report import cell, summarize
 from tools.machine import describe
 
 
@@ -31,8 +32,19 @@ def load(path: Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
+def restrict(document: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """The run as if it had asked only ``seeds``: its meta narrowed to them and its summary computed again."""
+    meta = document["meta"]
+    asked = [s for s in meta.get("seeds_asked", meta["seeds"]) if s in seeds]
+    failed = {name: why for name, why in meta.get("failed_gates", {}).items() if int(name.rsplit("/", 1)[1]) in seeds}
+    meta = {**meta, "seeds": [s for s in meta["seeds"] if s in seeds], "seeds_asked": asked, "failed_gates": failed}
+    if not meta["seeds"]:
+        raise ValueError(f"none of seeds {seeds} passed the gate in this run (it kept {document['meta']['seeds']})")
+    return {**document, "meta": meta, "summary": summarize(document["runs"], meta)}
+
+
 def machine(meta: dict[str, Any]) -> str:
-    return describe(meta["machine"]) if meta.get("machine") else "not recorded (a run from before 7 Dec 2026)"
+    return describe(meta["machine"]) if meta.get("machine") else "not recorded (its results.json predates tools.machine)"
 
 
 def verdict(entry: dict[str, Any] | None) -> str | None:
@@ -60,8 +72,10 @@ def markdown(first: dict[str, Any], second: dict[str, Any], names: tuple[str, st
     for name, doc in zip(names, (first, second), strict=True):
         meta = doc["meta"]
         dropped = ", ".join(sorted(meta.get("failed_gates", {}))) or "none"
+        asked = meta.get("seeds_asked", meta["seeds"])
         lines.append(
-            f"- **{name}**: {machine(meta)}. Seeds kept: {meta['seeds']}; warm starts that missed the gate: {dropped}."
+            f"- **{name}**: {machine(meta)}. Seeds asked: {asked}; kept: {meta['seeds']}; warm starts that missed "
+            f"the gate: {dropped}."
         )
     lines += ["", f"| Run | Score | {names[0]} | {names[1]} |", "|---|---|---|---|"]
     for run, label in RUN_LABELS.items():
@@ -83,10 +97,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("first", type=Path, help="a results.json or its folder (e.g. docs/evidence)")
     parser.add_argument("second", type=Path, help="the run to compare it with")
     parser.add_argument("--names", nargs=2, default=None, help="what to call the two runs (default: their paths)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="compare over these seeds asked only")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     args = parser.parse_args(argv)
     names = tuple(args.names or (str(args.first), str(args.second)))
-    text = markdown(load(args.first), load(args.second), names)
+    first, second = load(args.first), load(args.second)
+    if args.seeds is not None:
+        first, second = restrict(first, args.seeds), restrict(second, args.seeds)
+    text = markdown(first, second, names)
     if args.out:
         args.out.write_text(text)
     print(text)
