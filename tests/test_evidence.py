@@ -254,9 +254,16 @@ def test_paired_test_and_step_blocks():
     mixed = paired_test([0.05, -0.04, 0.01])
     assert mixed["positive"] == 2 and not mixed["significant"]
     assert paired_test([0.1])["t"] is None
-    equal = paired_test([0.28, 0.28, 0.28])  # no spread: no t (JSON has no infinity), but every seed agrees
-    assert equal["t"] is None and equal["significant"] and equal["positive"] == 3
+    # No spread: no t (JSON has no infinity); a sign test decides, which needs 5 seeds above 0 (0.5 ** 5 < 5%).
+    equal = paired_test([0.28] * 5)
+    assert equal["t"] is None and equal["significant"] and equal["positive"] == 5
+    few = paired_test([0.28] * 4)
+    assert few["t"] is None and not few["significant"]
     assert not paired_test([0.0, 0.0])["significant"]
+    assert not paired_test([-0.1] * 6)["significant"]
+    # Differences equal up to rounding are no spread either (this gave t = 1.9e14 and "significant" on 2 seeds).
+    rounded = paired_test([0.010416666666666741, 0.010416666666666630])
+    assert rounded["std"] > 0 and rounded["t"] is None and not rounded["significant"]
     steps = [{"step": i + 1, "x": float(i)} for i in range(25)] + [{"step": 26, "x": float("nan")}]
     assert blocks(steps) == [{"step": 10, "x": 4.5}, {"step": 20, "x": 14.5}, {"step": 26, "x": 22.0}]
 

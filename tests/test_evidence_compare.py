@@ -21,7 +21,8 @@ def test_a_run_against_itself_agrees_on_every_claim_it_recorded(documented, tmp_
     text = main([DOCUMENTED, "docs/evidence", "--names", "here", "again", "--out", str(tmp_path / "same.md")])
     recorded = [k for k in CLAIMS if documented["summary"]["comparisons"].get(k, {}).get("n")]
     assert len(recorded) >= 8
-    assert f"The verdicts agree on {len(recorded)} of {len(recorded)} claims." in text
+    n = len(recorded)
+    assert f"The verdicts agree on {n} of {n} claims; the means point the same way on {n}." in text
     assert (tmp_path / "same.md").read_text() == text
     urpo_open = documented["summary"]["urpo"]["open_accuracy"]
     row = f"| URPO (self-judge) | Open-style accuracy | {urpo_open['mean'] * 100:.1f} ± {urpo_open['std'] * 100:.1f} |"
@@ -44,15 +45,24 @@ def test_a_claim_that_flips_is_named_and_counted_and_the_machines_and_dropped_se
     other["meta"]["seeds"], other["meta"]["failed_gates"] = [0, 1], {"warm_start/2": "missed"}
     flipped = other["summary"]["comparisons"]["urpo_minus_baseline_open"]
     flipped["significant"], flipped["positive"] = not flipped["significant"], 1
+    reversed_ = other["summary"]["comparisons"]["urpo_open_gain"]  # not significant either way, but the other sign
+    reversed_["mean"] = -reversed_["mean"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text(json.dumps(other))
 
     rows = {row["claim"]: row for row in claims(documented, other)}
     assert not rows["urpo_minus_baseline_open"]["agree"]
     assert all(row["agree"] for key, row in rows.items() if key != "urpo_minus_baseline_open")
+    assert rows["urpo_minus_baseline_open"]["same_sign"]
     text = main([str(tmp_path / "before"), str(tmp_path / "other"), "--names", "EPYC", "Xeon"])
-    assert f"The verdicts agree on {len(rows) - 1} of {len(rows)} claims." in text
-    assert "| URPO minus frozen-referee baseline, open accuracy |" in text and "| **no** |" in text
+    assert not rows["urpo_open_gain"]["same_sign"] and rows["urpo_open_gain"]["agree"]
+    assert sum(row["same_sign"] for row in rows.values()) == len(rows) - 1
+    n = len(rows)
+    assert f"The verdicts agree on {n - 1} of {n} claims; the means point the same way on {n - 1}." in text
+    flipped_line = next(line for line in text.splitlines() if line.startswith("| URPO minus frozen-referee baseline"))
+    assert flipped_line.endswith("| **no** | yes |")
+    gain_line = next(line for line in text.splitlines() if line.startswith("| URPO's open accuracy gain"))
+    assert gain_line.endswith("| yes | **no** |")
     assert "- **Xeon**: Intel Xeon (avx2, avx512f), 8 cores; torch 2.13.0+cpu, ATen kernels AVX512." in text
     assert (
         "Seeds asked: [0, 1, 2, 3, 4, 5, 6, 7]; kept: [0, 1]; warm starts that missed the gate: warm_start/2." in text

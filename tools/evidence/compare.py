@@ -44,7 +44,9 @@ def restrict(document: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
 
 
 def machine(meta: dict[str, Any]) -> str:
-    return describe(meta["machine"]) if meta.get("machine") else "not recorded (its results.json predates tools.machine)"
+    return (
+        describe(meta["machine"]) if meta.get("machine") else "not recorded (its results.json predates tools.machine)"
+    )
 
 
 def verdict(entry: dict[str, Any] | None) -> str | None:
@@ -55,13 +57,16 @@ def verdict(entry: dict[str, Any] | None) -> str | None:
 
 
 def claims(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every claim both runs recorded: the two entries and whether their verdicts (mean > 0 at 5%) agree."""
+    """Every claim both runs recorded: the two entries, whether their verdicts (mean > 0 at 5%) agree, and whether
+    their means point the same way (two runs that both find no significance may still disagree in direction)."""
     rows = []
     for key, label in CLAIMS.items():
         a, b = (doc["summary"].get("comparisons", {}).get(key) for doc in (first, second))
         if verdict(a) and verdict(b):
+            same_sign = (a["mean"] > 0) == (b["mean"] > 0)
             rows.append(
                 {"claim": key, "label": label, "first": a, "second": b, "agree": a["significant"] == b["significant"]}
+                | {"same_sign": same_sign}
             )
     return rows
 
@@ -83,12 +88,17 @@ def markdown(first: dict[str, Any], second: dict[str, Any], names: tuple[str, st
             a, b = (doc["summary"].get(run, {}).get(metric) for doc in (first, second))
             lines.append(f"| {label} | {metric_label} | {cell(a)} | {cell(b)} |")
     rows = claims(first, second)
-    lines += ["", f"| Claim (mean > 0 at 5%?) | {names[0]} | {names[1]} | Same verdict |", "|---|---|---|---|"]
+    head = f"| Claim (mean > 0 at 5%?) | {names[0]} | {names[1]} | Same verdict | Same sign |"
+    lines += ["", head, "|---|---|---|---|---|"]
+    yes_no = lambda flag: "yes" if flag else "**no**"  # noqa: E731
     for row in rows:
-        same = "yes" if row["agree"] else "**no**"
-        lines.append(f"| {row['label']} | {verdict(row['first'])} | {verdict(row['second'])} | {same} |")
-    agreeing = sum(row["agree"] for row in rows)
-    lines += ["", f"The verdicts agree on {agreeing} of {len(rows)} claims."]
+        first, second = verdict(row["first"]), verdict(row["second"])
+        lines.append(f"| {row['label']} | {first} | {second} | {yes_no(row['agree'])} | {yes_no(row['same_sign'])} |")
+    agreeing, same_sign = sum(row["agree"] for row in rows), sum(row["same_sign"] for row in rows)
+    lines += [
+        "",
+        f"The verdicts agree on {agreeing} of {len(rows)} claims; the means point the same way on {same_sign}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

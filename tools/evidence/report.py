@@ -73,6 +73,10 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+NO_SPREAD = 1e-9
+"""A sample std this small (relative to the mean's size) is rounding, not spread: two seeds whose differences agree
+to the last bits gave t = 1.9e14 before this was checked."""
+
 # One-sided 5% critical values of Student's t for 1..9 degrees of freedom (any statistics table), so the tool
 # needs no SciPy; with 10 or more seeds the normal approximation's 1.645 is within 0.2 of the exact value.
 T_CRITICAL_5PCT_ONE_SIDED = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833)
@@ -87,10 +91,12 @@ def paired_test(differences: Sequence[float]) -> dict[str, Any]:
     if n < 2:
         entry["t"], entry["significant"] = None, False
         return entry
-    spread = entry["std"] / math.sqrt(n)
-    if spread == 0:  # every seed gave the same difference: t is undefined, the sign is not in doubt
-        entry["t"], entry["significant"] = None, entry["mean"] > 0
+    if entry["std"] <= NO_SPREAD * max(1.0, abs(entry["mean"])):
+        # Every seed gave the same difference (up to rounding): t is undefined. A one-sided sign test stands in:
+        # n seeds all above 0 happen by chance with probability 0.5 ** n, below 5% from 5 seeds on.
+        entry["t"], entry["significant"] = None, entry["positive"] == n and 0.5**n < 0.05
         return entry
+    spread = entry["std"] / math.sqrt(n)
     entry["t"] = entry["mean"] / spread
     critical = T_CRITICAL_5PCT_ONE_SIDED[n - 2] if n - 1 <= len(T_CRITICAL_5PCT_ONE_SIDED) else 1.645
     entry["significant"] = entry["t"] > critical
