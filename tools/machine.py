@@ -20,23 +20,23 @@ FLOAT_PATH_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 """Environment variables that narrow the kernels of PyTorch (ATen), MKL and oneDNN below what the CPU offers."""
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (None where there is no such file or field)."""
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "?"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "?"
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def simd(flags: set[str] | None = None) -> str:

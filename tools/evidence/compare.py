@@ -63,11 +63,8 @@ def claims(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]
     for key, label in CLAIMS.items():
         a, b = (doc["summary"].get("comparisons", {}).get(key) for doc in (first, second))
         if verdict(a) and verdict(b):
-            same_sign = (a["mean"] > 0) == (b["mean"] > 0)
-            rows.append(
-                {"claim": key, "label": label, "first": a, "second": b, "agree": a["significant"] == b["significant"]}
-                | {"same_sign": same_sign}
-            )
+            agree, same_sign = a["significant"] == b["significant"], (a["mean"] > 0) == (b["mean"] > 0)
+            rows.append({"claim": key, "label": label, "first": a, "second": b, "agree": agree, "same_sign": same_sign})
     return rows
 
 
@@ -92,8 +89,8 @@ def markdown(first: dict[str, Any], second: dict[str, Any], names: tuple[str, st
     lines += ["", head, "|---|---|---|---|---|"]
     yes_no = lambda flag: "yes" if flag else "**no**"  # noqa: E731
     for row in rows:
-        first, second = verdict(row["first"]), verdict(row["second"])
-        lines.append(f"| {row['label']} | {first} | {second} | {yes_no(row['agree'])} | {yes_no(row['same_sign'])} |")
+        cells = [row["label"], verdict(row["first"]), verdict(row["second"]), yes_no(row["agree"])]
+        lines.append("| " + " | ".join([*cells, yes_no(row["same_sign"])]) + " |")
     agreeing, same_sign = sum(row["agree"] for row in rows), sum(row["same_sign"] for row in rows)
     lines += [
         "",
