@@ -123,22 +123,24 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
 def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them_is_reused(tmp_path):
     from tools.evidence.warm_start import WarmStartConfig, WarmStartError, build_warm_start, missed_targets
 
-    tiny = WarmStartConfig(hidden=32, steps=2, batch_size=4, extra_steps=1, max_extra_cycles=1)
+    tiny = WarmStartConfig(hidden=32, steps=2, batch_size=4, extra_steps=1, max_extra_cycles=1, draws=1)
     with pytest.raises(WarmStartError, match=r"missed its targets after 3 steps: open_accuracy 0\.000 < 0\.50"):
         build_warm_start(tmp_path / "bad", 0, tiny)
+    missed = tmp_path / "bad" / "draw_0"
     assert not (tmp_path / "bad" / "warm_start.json").exists()  # never reused...
-    assert "missed its targets" in (tmp_path / "bad" / "warm_start_failed.json").read_text()  # ...but kept to inspect
+    assert "missed its targets" in (missed / "warm_start_failed.json").read_text()  # ...but kept to inspect
     # The same seed and settings again: the failure is raised again without training (the model file is untouched).
-    weights = (tmp_path / "bad" / "model.safetensors").stat().st_mtime_ns
+    weights = (missed / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(WarmStartError, match=r"missed its targets after 3 steps.*\(reused: "):
         build_warm_start(tmp_path / "bad", 0, tiny)
-    assert (tmp_path / "bad" / "model.safetensors").stat().st_mtime_ns == weights
+    assert (missed / "model.safetensors").stat().st_mtime_ns == weights
     with pytest.raises(WarmStartError, match=r"missed its targets after 4 steps"):  # other settings: trained anew
         build_warm_start(tmp_path / "bad", 0, replace(tiny, steps=3))
     lenient = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0, target_verdicts=0.0)
     first = build_warm_start(tmp_path / "ok", 0, lenient)
     assert first["train_steps"] == 2 and len(first["checks"]) == 1 and "reused" not in first
-    assert (tmp_path / "ok" / "warm_start.json").exists() and not (tmp_path / "ok" / "warm_start_failed.json").exists()
+    assert first["draw"] == 0 and first["missed_draws"] == []
+    assert (tmp_path / "ok" / "warm_start.json").exists() and not (tmp_path / "ok" / "draw_0").exists()
     again = build_warm_start(tmp_path / "ok", 0, lenient)
     assert again["reused"] and again["seconds"] == pytest.approx(first["seconds"])  # its training time, kept
     scores = {"open_accuracy": 0.6, "verifiable_accuracy": 0.4, "referee_accuracy": 0.5, "referee_parsed": 0.9}
@@ -153,6 +155,36 @@ def test_warm_start_that_misses_its_targets_fails_loudly_and_one_that_meets_them
         "verifiable_accuracy 0.400 < 0.50",
         "referee_parsed 0.900 < 0.95",
     ]
+
+
+def test_a_seed_whose_first_draw_misses_its_gate_passes_on_another_draw_reused_by_the_next_run(tmp_path, monkeypatch):
+    import tools.evidence.warm_start as warm_start
+    from tools.evidence.warm_start import WarmStartConfig, WarmStartError, build_warm_start, init_seed
+
+    tiny = WarmStartConfig(hidden=32, steps=2, batch_size=4, target_solve=0.0, target_judge=0.0, draws=2)
+    assert init_seed(3, 0) == 3 and len({init_seed(s, d) for s in range(50) for d in range(3)}) == 150
+    real_train, trained = warm_start.train, []
+
+    def first_draw_misses(model, tokenizer, split, cfg, seed, world, draw=0):
+        trained.append(draw)
+        if draw == 0:  # as a draw whose judging stalls: its gate misses
+            raise WarmStartError(f"warm start (seed {seed}) missed its targets after 2 steps: referee_accuracy")
+        return real_train(model, tokenizer, split, cfg, seed, world, draw)
+
+    monkeypatch.setattr(warm_start, "train", first_draw_misses)
+    passed = build_warm_start(tmp_path / "w", 3, tiny)
+    assert trained == [0, 1] and passed["draw"] == 1 and passed["train_steps"] == 2
+    assert passed["missed_draws"] == ["warm start (seed 3) missed its targets after 2 steps: referee_accuracy"]
+    assert (tmp_path / "w" / "draw_0" / "warm_start_failed.json").exists()  # the draw that missed, kept to inspect
+    assert (tmp_path / "w" / "model.safetensors").exists()  # the passing draw is the warm start RL reads
+    assert build_warm_start(tmp_path / "w", 3, tiny)["reused"] and trained == [0, 1]  # nothing trained again
+    # One draw only: the passed draw 1 is not a warm start this config allows, and draw 0 misses again (reused).
+    with pytest.raises(WarmStartError, match=r"\(reused: .*draw_0"):
+        build_warm_start(tmp_path / "w", 3, replace(tiny, draws=1))
+    assert trained == [0, 1]
+    with pytest.raises(WarmStartError, match=r"every one of the 2 draws of warm start \(seed 4\) missed"):
+        monkeypatch.setattr(warm_start, "train", lambda *a, **k: (_ for _ in ()).throw(WarmStartError("missed")))
+        build_warm_start(tmp_path / "x", 4, tiny)
 
 
 def test_a_seed_whose_warm_start_misses_its_gate_is_dropped_and_named_while_the_others_go_on(tmp_path):
