@@ -330,3 +330,5 @@ def test_the_command_chooses_what_the_warm_start_teaches_the_referee_to_conclude
     assert configs(parse_args(["--warm-verdict-noise", "1"]))[1].verdict_noise == 1.0
     with pytest.raises(SystemExit):
         parse_args(["--warm-verdict-noise", "always_a"])
+    assert configs(parse_args([]))[1].draws == WarmStartConfig.draws == 2
+    assert configs(parse_args(["--warm-draws", "1"]))[1].draws == 1  # the gate's old rule: one draw, or the seed drops

@@ -67,9 +67,9 @@ def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
         summary[run]["reward_truth_agreement"] = stats([truth_agreement(results, run, s) for s in seeds])
     summary["comparisons"] = comparisons(results, seeds, warm_of)
     summary["judging_curves"] = {m: judging_curves(results, seeds, m) for m in JUDGING_METRICS}
-    summary["warm_start"]["train_steps"] = stats(
-        [results[f"warm_start/{warm_of[s]}"].get("train_steps") for s in seeds]
-    )
+    warm_starts = [f"warm_start/{warm_of[s]}" for s in seeds]
+    summary["warm_start"]["train_steps"] = stats([results[n].get("train_steps") for n in warm_starts])
+    summary["warm_start"]["redrawn"] = {n: results[n]["draw"] for n in warm_starts if results[n].get("draw")}
     return summary
 
 
@@ -179,6 +179,15 @@ def markdown_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         *(
             [f"Reused from the work folder, trained by an earlier run (not in the seconds): {', '.join(reused)}."]
             if (reused := summary["warm_start"].get("reused"))
+            else []
+        ),
+        *(
+            [
+                "Warm starts from a later draw of the same recipe (the earlier draws missed their gate): "
+                + ", ".join(f"{name} (draw {draw})" for name, draw in redrawn.items())
+                + "."
+            ]
+            if (redrawn := summary["warm_start"].get("redrawn"))
             else []
         ),
         f"Whole command: {meta['wall_seconds']:.0f} s wall with {meta['workers']} worker process(es). Every run is"

@@ -1,7 +1,8 @@
 """URPO's claims in miniature, on a CPU: ``python -m tools.evidence.run`` (or ``python tools/evidence/run.py``).
 
 Builds the arithmetic world (:mod:`tools.evidence.world`); for every seed, a warm start of that seed
-(:mod:`tools.evidence.warm_start`, gated: it must reach its solving and judging targets before RL starts), then
+(:mod:`tools.evidence.warm_start`, gated: it must reach its solving and judging targets before RL starts, else
+another draw of it is trained), then
 URPO, the separate frozen referee and the policy it rewards (the paper's baseline), and verifiable-only GRPO, all
 from that warm start on the same budget and with the same seed; scores every run on the held-out sets and writes
 ``results.json``, ``results.md`` and plots to ``docs/evidence/`` (see :mod:`tools.evidence.report`).
@@ -163,6 +164,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(a judge at chance that RL must teach its verdict), in between an unsure judge (docs/evidence.md)",
     )
     parser.add_argument(
+        "--warm-draws",
+        type=int,
+        default=WarmStartConfig.draws,
+        help="warm starts drawn per seed until one passes its gate (default: 2); if all miss, the seed is dropped",
+    )
+    parser.add_argument(
         "--shared-warm-start",
         dest="warm_per_seed",
         action="store_false",
@@ -190,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configs(args: argparse.Namespace) -> tuple[WorldConfig, WarmStartConfig, RLConfig]:
     steps = {} if args.steps is None else {"steps": args.steps}
     world, rl = WorldConfig(), RLConfig(**steps)
-    warm = WarmStartConfig(steps=args.warm_steps, verdict_noise=args.warm_verdict_noise)
+    warm = WarmStartConfig(steps=args.warm_steps, verdict_noise=args.warm_verdict_noise, draws=args.warm_draws)
     if args.smoke:
         # The gate is off: a 4-step warm start cannot reach any target (the tests check the gate on its own).
         warm = replace(

@@ -312,9 +312,7 @@ def missed_targets(scores: dict[str, float], cfg: Any) -> list[str]:
     return [f"{k} {scores[k]:.3f} < {v:.2f}" for k, v in cfg.targets().items() if scores[k] < v]
 
 
-def train(
-    model, tokenizer, split: Split, cfg: WarmStartConfig, seed: int, world: WorldConfig, draw: int = 0
-) -> dict:
+def train(model, tokenizer, split: Split, cfg: WarmStartConfig, seed: int, world: WorldConfig, draw: int = 0) -> dict:
     """Supervised training, then further shorter cycles until the check scores reach the targets.
 
     Returns the losses and the check scores after each cycle. Raises :class:`WarmStartError` when the targets are
@@ -334,9 +332,9 @@ def train(
         checks.append({"step": len(losses), **scores})
         if not missed_targets(scores, cfg):
             return {"losses": losses, "checks": checks}
-    missed = ", ".join(missed_targets(checks[-1], cfg))
+    missed, which = ", ".join(missed_targets(checks[-1], cfg)), f"seed {seed}, draw {draw}" if draw else f"seed {seed}"
     raise WarmStartError(
-        f"warm start (seed {seed}{f', draw {draw}' if draw else ''}) missed its targets after {len(losses)} steps: {missed} on the check set; "
+        f"warm start ({which}) missed its targets after {len(losses)} steps: {missed} on the check set; "
         f"every check: {checks}"
     )
 
@@ -390,7 +388,8 @@ def build_draw(out: Path, seed: int, draw: int, cfg: WarmStartConfig, world: Wor
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        (folder / "warm_start_failed.json").write_text(json.dumps({**record, "draw": draw, "error": str(error)}, indent=1))
+        stamp = {**record, "draw": draw, "error": str(error)}
+        (folder / "warm_start_failed.json").write_text(json.dumps(stamp, indent=1))
         raise
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -434,7 +433,7 @@ def build_warm_start(
         return passed
     if len(missed) == 1:
         raise WarmStartError(missed[0])
-    raise WarmStartError(f"every one of the {cfg.draws} draws of warm start (seed {seed}) missed: " + " | ".join(missed))
+    raise WarmStartError(f"every one of the {cfg.draws} draws of warm start (seed {seed}) missed: {' | '.join(missed)}")
 
 
 def main() -> None:
