@@ -5,16 +5,14 @@ import json
 
 import pytest
 
+from tests.evidence_documents import DOCUMENTED, documented_with_a_dropped_seed
 from tools.evidence.compare import claims, main
 from tools.evidence.names import CLAIMS
-
-DOCUMENTED = "docs/evidence/results.json"
 
 
 @pytest.fixture
 def documented():
-    with open(DOCUMENTED) as handle:
-        return json.load(handle)
+    return documented_with_a_dropped_seed()
 
 
 def test_a_run_against_itself_agrees_on_every_claim_it_recorded(documented, tmp_path):
@@ -75,10 +73,11 @@ def test_a_folder_without_results_is_named_in_the_error(tmp_path):
         main([str(tmp_path), DOCUMENTED])
 
 
-def test_seeds_compare_over_a_subset_summarized_again_from_the_runs(documented):
+def test_seeds_compare_over_a_subset_summarized_again_from_the_runs(documented, tmp_path):
     """A run that asked seeds 0-4 against the documented 0-7: the documented one over its kept seeds among 0-4."""
+    (tmp_path / "results.json").write_text(json.dumps(documented))
     kept = [s for s in documented["meta"]["seeds"] if s <= 4]
-    text = main([DOCUMENTED, DOCUMENTED, "--names", "all", "first five", "--seeds", "0", "1", "2", "3", "4"])
+    text = main([str(tmp_path), str(tmp_path), "--names", "all", "first five", "--seeds", "0", "1", "2", "3", "4"])
     assert f"Seeds asked: [0, 1, 2, 3, 4]; kept: {kept};" in text
     dropped = sorted(k for k in documented["meta"]["failed_gates"] if int(k.split("/")[1]) <= 4)
     assert f"warm starts that missed the gate: {', '.join(dropped)}." in text
@@ -87,4 +86,4 @@ def test_seeds_compare_over_a_subset_summarized_again_from_the_runs(documented):
     assert f"| URPO (self-judge) | Open-style accuracy | {mean:.1f} ± " in text
     failed = min(int(name.split("/")[1]) for name in documented["meta"]["failed_gates"])
     with pytest.raises(ValueError, match=rf"none of seeds \[{failed}\] passed the gate"):
-        main([DOCUMENTED, DOCUMENTED, "--seeds", str(failed)])
+        main([str(tmp_path), str(tmp_path), "--seeds", str(failed)])

@@ -5,16 +5,14 @@ import json
 
 import pytest
 
+from tests.evidence_documents import documented_with_a_dropped_seed
 from tools.evidence.compare import restrict
 from tools.evidence.merge import MergeError, main, merge
-
-DOCUMENTED = "docs/evidence/results.json"
 
 
 @pytest.fixture
 def documented():
-    with open(DOCUMENTED) as handle:
-        return json.load(handle)
+    return documented_with_a_dropped_seed()
 
 
 def part(document, seeds, command):
