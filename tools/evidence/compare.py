@@ -19,7 +19,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `tools.evidence` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tools.evidence.names import CLAIMS, METRICS, RUN_LABELS
+from tools.evidence.names import CLAIMS, METRICS, RUN_LABELS, seed_of
 from tools.evidence.report import cell, summarize
 from tools.machine import describe
 
@@ -36,7 +36,7 @@ def restrict(document: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     """The run as if it had asked only ``seeds``: its meta narrowed to them and its summary computed again."""
     meta = document["meta"]
     asked = [s for s in meta.get("seeds_asked", meta["seeds"]) if s in seeds]
-    failed = {name: why for name, why in meta.get("failed_gates", {}).items() if int(name.rsplit("/", 1)[1]) in seeds}
+    failed = {name: why for name, why in meta.get("failed_gates", {}).items() if seed_of(name) in seeds}
     meta = {**meta, "seeds": [s for s in meta["seeds"] if s in seeds], "seeds_asked": asked, "failed_gates": failed}
     if not meta["seeds"]:
         raise ValueError(f"none of seeds {seeds} passed the gate in this run (it kept {document['meta']['seeds']})")

@@ -27,9 +27,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `tools.evidence` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tools.evidence.world import REFEREE
+from urpo.verdict import ParsedRanking
+
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 CHECK = re.compile(r"\b(yes|no)\b")
-VERDICT = re.compile(r"<ranking>\s*([A-Z])\s*>\s*([A-Z])\s*</ranking>")
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,11 @@ class Judgment:
 def read_judgment(text: str) -> Judgment | None:
     """The three steps of a pair's judgment (``\\boxed{12} \\boxed{14} no \\boxed{12} yes <ranking>B > A</ranking>``);
     None when a step is missing."""
-    numbers, checks, verdict = BOXED.findall(text), CHECK.findall(text), VERDICT.search(text)
-    if len(numbers) < 3 or len(checks) != 2 or verdict is None:
+    numbers, checks, verdict = BOXED.findall(text), CHECK.findall(text), REFEREE.parse(text, 2)
+    if len(numbers) < 3 or len(checks) != 2 or not isinstance(verdict, ParsedRanking):
         return None
     own, first, second = (int(n) for n in numbers[:3])
-    return Judgment(own, (first, second), (checks[0], checks[1]), verdict.group(1))
+    return Judgment(own, (first, second), (checks[0], checks[1]), REFEREE.labels(2)[verdict.tiers[0][0]])
 
 
 STEPS = (

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.evidence` importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.evidence.compare import load
+from tools.evidence.names import seed_of
 from tools.evidence.report import write_report
 
 SAME_SETTINGS = ("world_name", "world", "rl", "warm_per_seed")
@@ -32,11 +33,6 @@ FLOAT_PATH = ("cpu", "simd", "torch", "aten_kernels", "overrides")
 
 class MergeError(ValueError):
     """The two runs are not parts of one run."""
-
-
-def seed_of(name: str) -> int:
-    """The seed of a task name such as ``urpo/3`` or ``warm_start/3``."""
-    return int(name.rsplit("/", 1)[1])
 
 
 def recipe(warm: dict[str, Any]) -> dict[str, Any]:

@@ -48,3 +48,8 @@ COLORS = {
     "verifiable_only": "#2ca02c",
     "referee": "#ff7f0e",
 }
+
+
+def seed_of(name: str) -> int:
+    """The seed of a task or run name such as ``urpo/3`` or ``warm_start/3``."""
+    return int(name.rsplit("/", 1)[1])

@@ -375,7 +375,7 @@ def build_draw(out: Path, seed: int, draw: int, cfg: WarmStartConfig, world: Wor
     (training is seeded and single-threaded, so a retry on the same machine and software would miss again)."""
     start, folder = time.time(), out / f"draw_{draw}"
     failed = _stamp(folder / "warm_start_failed.json")
-    if failed and failed.get("draw", 0) == draw and _settings(failed) == _settings(record):
+    if failed and _settings(failed) == _settings(record):
         raise WarmStartError(f"{failed['error']} (reused: {folder / 'warm_start_failed.json'})")
     split = split_problems(world)
     tokenizer = build_tokenizer(split.get("warm") + split.get("rl_solve"), seed=world.seed)
