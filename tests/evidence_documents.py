@@ -2,6 +2,7 @@
 
 import json
 
+from tools.evidence.names import seed_of
 from tools.evidence.report import summarize
 
 DOCUMENTED = "docs/evidence/results.json"
@@ -19,6 +20,6 @@ def documented_with_a_dropped_seed() -> dict:
     dropped = meta["seeds"][0]
     meta["seeds"] = meta["seeds"][1:]
     meta["failed_gates"] = {f"warm_start/{dropped}": f"warm start (seed {dropped}) missed its targets (test data)"}
-    document["runs"] = {n: r for n, r in document["runs"].items() if int(n.rsplit("/", 1)[1]) != dropped}
+    document["runs"] = {n: r for n, r in document["runs"].items() if seed_of(n) != dropped}
     document["summary"] = summarize(document["runs"], meta)
     return document

@@ -88,9 +88,9 @@ def test_one_seed_two_step_smoke_run_writes_table_and_plots(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["summary"]["urpo"]["open_accuracy"]["values"]
     assert saved["summary"]["comparisons"]["urpo_judging_gain"]["n"] == 1
-    blocks = saved["runs"]["urpo/0"]["blocks"]  # per-step metrics kept as block means, not every step
-    assert "steps" not in saved["runs"]["urpo/0"] and [b["step"] for b in blocks] == [2]
-    assert 0.0 <= blocks[0]["groups/preference_zero_variance_frac"] <= 1.0
+    blocks = saved["runs"]["urpo/0"]["blocks"]  # per-step metrics kept as block means (columns), not every step
+    assert "steps" not in saved["runs"]["urpo/0"] and blocks["step"] == [2]
+    assert 0.0 <= blocks["groups/preference_zero_variance_frac"][0] <= 1.0
     assert "Held-out judging accuracy during training (sampled at temperature 1" in table
     assert "Held-out judging accuracy during training (greedy" in table
     verdicts = table.split("How the held-out judgments end")[1].split("\n\n")[1].splitlines()
@@ -297,7 +297,10 @@ def test_paired_test_and_step_blocks():
     rounded = paired_test([0.010416666666666741, 0.010416666666666630])
     assert rounded["std"] > 0 and rounded["t"] is None and not rounded["significant"]
     steps = [{"step": i + 1, "x": float(i)} for i in range(25)] + [{"step": 26, "x": float("nan")}]
-    assert blocks(steps) == [{"step": 10, "x": 4.5}, {"step": 20, "x": 14.5}, {"step": 26, "x": 22.0}]
+    assert blocks(steps) == {"step": [10, 20, 26], "x": [4.5, 14.5, 22.0]}
+    # A metric some blocks never measured keeps its place: None in those blocks, not a shorter column.
+    sparse = [{"step": 1, "x": 1.0}, {"step": 2, "x": 3.0, "y": 5.0}, {"step": 3, "x": 2.0}, {"step": 4}]
+    assert blocks(sparse, size=2) == {"step": [2, 4], "x": [2.0, 2.0], "y": [5.0, None]}
 
 
 def test_diagnosis_summarises_what_grpo_saw_on_preference_rows():

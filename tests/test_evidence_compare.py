@@ -7,7 +7,7 @@ import pytest
 
 from tests.evidence_documents import DOCUMENTED, documented_with_a_dropped_seed
 from tools.evidence.compare import claims, main
-from tools.evidence.names import CLAIMS
+from tools.evidence.names import CLAIMS, seed_of
 
 
 @pytest.fixture
@@ -79,11 +79,11 @@ def test_seeds_compare_over_a_subset_summarized_again_from_the_runs(documented, 
     kept = [s for s in documented["meta"]["seeds"] if s <= 4]
     text = main([str(tmp_path), str(tmp_path), "--names", "all", "first five", "--seeds", "0", "1", "2", "3", "4"])
     assert f"Seeds asked: [0, 1, 2, 3, 4]; kept: {kept};" in text
-    dropped = ", ".join(sorted(k for k in documented["meta"]["failed_gates"] if int(k.split("/")[1]) <= 4))
+    dropped = ", ".join(sorted(k for k in documented["meta"]["failed_gates"] if seed_of(k) <= 4))
     assert f"warm starts that missed the gate: {dropped or 'none'}." in text
     open_final = [documented["runs"][f"urpo/{s}"]["final"]["open_accuracy"] for s in kept]
     mean = 100 * sum(open_final) / len(open_final)
     assert f"| URPO (self-judge) | Open-style accuracy | {mean:.1f} ± " in text
-    failed = min(int(name.split("/")[1]) for name in documented["meta"]["failed_gates"])
+    failed = min(seed_of(name) for name in documented["meta"]["failed_gates"])
     with pytest.raises(ValueError, match=rf"none of seeds \[{failed}\] passed the gate"):
         main([str(tmp_path), str(tmp_path), "--seeds", str(failed)])

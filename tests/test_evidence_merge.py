@@ -8,6 +8,7 @@ import pytest
 from tests.evidence_documents import documented_with_a_dropped_seed
 from tools.evidence.compare import restrict
 from tools.evidence.merge import MergeError, main, merge
+from tools.evidence.names import seed_of
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def documented():
 def part(document, seeds, command):
     """The documented run as if a command had asked only ``seeds`` (its runs, meta and summary narrowed)."""
     narrowed = restrict(document, seeds)
-    runs = {name: run for name, run in document["runs"].items() if int(name.rsplit("/", 1)[1]) in seeds}
+    runs = {name: run for name, run in document["runs"].items() if seed_of(name) in seeds}
     meta = {**narrowed["meta"], "command": command, "wall_seconds": 100.0 * len(seeds)}
     return {**narrowed, "meta": meta, "runs": runs}
 
@@ -42,7 +43,7 @@ def test_two_parts_of_a_run_merge_into_its_table(documented, tmp_path):
 
 
 def test_a_second_draw_replaces_the_seed_that_missed_and_is_named(documented):
-    failed = min(int(n.rsplit("/", 1)[1]) for n in documented["meta"]["failed_gates"])
+    failed = min(seed_of(n) for n in documented["meta"]["failed_gates"])
     kept = [s for s in documented["meta"]["seeds"] if s != failed]
     base = part(documented, [s for s in documented["meta"]["seeds_asked"] if s != kept[0]], "base")
     # ADDED: the kept seed's runs, relabelled as the failed seed's second draw, run with two draws allowed.

@@ -111,8 +111,8 @@ def test_one_seed_smoke_run_of_the_smollm2_world_on_a_tiny_stand_in(tmp_path):
     history = runs["urpo/0"]["history"]
     assert [h["step"] for h in history] == [0, 1, 2]
     assert {k: v for k, v in history[0].items() if k != "step"} == pytest.approx(start["scores"], abs=1e-6)
-    block = runs["urpo/0"]["blocks"][0]  # per-step metrics, as 2-step block means
-    assert block["step"] == 2 and 0.0 <= block["groups/preference_zero_variance_frac"] <= 1.0
+    blocks = runs["urpo/0"]["blocks"]  # per-step metrics, as 2-step block means in columns
+    assert blocks["step"] == [2] and 0.0 <= blocks["groups/preference_zero_variance_frac"][0] <= 1.0
     table = (out / "results.md").read_text()
     assert sum(line.startswith("| ") for line in table.split("\n\n")[0].splitlines()) == 5  # header + 4 runs
     assert "Before RL, the pretrained model" in table and "check sets" in table

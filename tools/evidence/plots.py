@@ -95,13 +95,16 @@ def plot_curves(results: dict[str, dict], meta: dict[str, Any], path: Path) -> N
 def _block_series(results: dict[str, dict], run: str, seeds: list[int], key: str) -> tuple[list[int], list[float]]:
     """A per-step metric as 10-step block means (results.json's ``blocks``), averaged over seeds; NaN where absent."""
     series = [results[f"{run}/{seed}"]["blocks"] for seed in seeds]
-    length = min(len(s) for s in series)
-    steps = [series[0][i]["step"] for i in range(length)]
-    means = []
-    for i in range(length):
-        values = [s[i][key] for s in series if s[i].get(key) is not None and not math.isnan(s[i][key])]
-        means.append(statistics.fmean(values) if values else math.nan)
-    return steps, means
+    length = min(len(s["step"]) for s in series)
+    steps = series[0]["step"][:length]
+    columns = [s.get(key, [None] * length) for s in series]  # a seed that never measured it adds nothing
+    return steps, [_mean_measured([column[i] for column in columns]) for i in range(length)]
+
+
+def _mean_measured(values: list[float | None]) -> float:
+    """The mean of the values that were measured (not None or NaN); NaN when none was."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(kept) if kept else math.nan
 
 
 def plot_rewards(results: dict[str, dict], meta: dict[str, Any], path: Path) -> None:

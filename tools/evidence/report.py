@@ -33,9 +33,7 @@ def final_scores(results: dict[str, dict], run: str, seed: int, warm_seed: int) 
 def truth_agreement(results: dict[str, dict], run: str, seed: int) -> float | None:
     """Mean over training steps of how often the open-row rewards ordered answers as the truth does."""
     key = f"reward/{JUDGE_NAMES[run]}/truth_agreement"
-    result = results[f"{run}/{seed}"]
-    rows = result["steps"] if "steps" in result else result["blocks"]  # blocks: a saved results.json, re-summarised
-    values = [s[key] for s in rows if s.get(key) is not None and not math.isnan(s[key])]
+    values = measured(results[f"{run}/{seed}"], key)
     return statistics.fmean(values) if values else None
 
 
@@ -301,15 +299,24 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def blocks(steps: list[dict[str, float]], size: int = BLOCK_STEPS) -> list[dict[str, float]]:
-    """Means of every metric over consecutive blocks of ``size`` steps (NaNs left out); ``step`` is the block's last."""
-    out = []
-    for start in range(0, len(steps), size):
-        chunk = steps[start : start + size]
-        keys = sorted({k for s in chunk for k in s} - {"step"})
-        means = {k: stats([s.get(k, math.nan) for s in chunk])["mean"] for k in keys}
-        out.append({"step": chunk[-1]["step"], **{k: v for k, v in means.items() if v is not None}})
-    return out
+def blocks(steps: list[dict[str, float]], size: int = BLOCK_STEPS) -> dict[str, list[float | None]]:
+    """Means of every metric over consecutive blocks of ``size`` steps (NaNs left out), as columns: ``step`` lists
+    each block's last step, every metric one mean per block (None for a block where it was never measured).
+
+    Columns and not one record per block: the metric names are written once per run, not once per block, which
+    halves results.json."""
+    chunks = [steps[start : start + size] for start in range(0, len(steps), size)]
+    keys = sorted({k for s in steps for k in s} - {"step"})
+    columns: dict[str, list[float | None]] = {"step": [chunk[-1]["step"] for chunk in chunks]}
+    for key in keys:
+        columns[key] = [stats([s.get(key, math.nan) for s in chunk])["mean"] for chunk in chunks]
+    return columns
+
+
+def measured(result: dict[str, Any], key: str) -> list[float]:
+    """A per-step metric's measured values in one run: every step's, or, in a saved results.json, every block's."""
+    values = [s.get(key) for s in result["steps"]] if "steps" in result else result["blocks"].get(key, [])
+    return [v for v in values if v is not None and not math.isnan(v)]
 
 
 def compact(results: dict[str, dict]) -> dict[str, dict]:
@@ -336,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Writes results.json (summaries and 10-step blocks), results.md and the plots into ``out``; returns the JSON."""
+    """Writes results.json (summaries, 10-step block means), results.md and the plots into ``out``; returns the JSON."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, meta)
     document = {"meta": meta, "summary": _rounded(summary), "runs": compact(results)}
