@@ -335,3 +335,19 @@ def test_the_command_chooses_what_the_warm_start_teaches_the_referee_to_conclude
         parse_args(["--warm-verdict-noise", "always_a"])
     assert configs(parse_args([]))[1].draws == WarmStartConfig.draws == 2
     assert configs(parse_args(["--warm-draws", "1"]))[1].draws == 1  # the gate's old rule: one draw, or the seed drops
+
+
+def test_the_documented_results_files_stay_small_and_keep_blocks_as_columns():
+    """Issue 13 keeps every results.json in the repository "under a few hundred KB": per-step metrics as 10-step
+    block means in columns (a metric's name once per run), so a run of more seeds does not grow it by its key names."""
+    from pathlib import Path
+
+    files = sorted(Path("docs/evidence").rglob("results.json"))
+    assert len(files) >= 3  # the arithmetic world, its portable float path, SmolLM2
+    for path in files:
+        assert path.stat().st_size < 400_000, f"{path}: {path.stat().st_size} bytes"
+        for name, run in json.loads(path.read_text())["runs"].items():
+            if "blocks" in run:
+                columns = run["blocks"]
+                assert isinstance(columns, dict) and columns["step"], f"{path}: {name}"
+                assert all(len(values) == len(columns["step"]) for values in columns.values()), f"{path}: {name}"
