@@ -6,6 +6,7 @@ import json
 import random
 import re
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -340,8 +341,6 @@ def test_the_command_chooses_what_the_warm_start_teaches_the_referee_to_conclude
 def test_the_documented_results_files_stay_small_and_keep_blocks_as_columns():
     """Issue 13 keeps every results.json in the repository "under a few hundred KB": per-step metrics as 10-step
     block means in columns (a metric's name once per run), so a run of more seeds does not grow it by its key names."""
-    from pathlib import Path
-
     files = sorted(Path("docs/evidence").rglob("results.json"))
     assert len(files) >= 3  # the arithmetic world, its portable float path, SmolLM2
     for path in files:

@@ -33,8 +33,9 @@ def final_scores(results: dict[str, dict], run: str, seed: int, warm_seed: int) 
 def truth_agreement(results: dict[str, dict], run: str, seed: int) -> float | None:
     """Mean over training steps of how often the open-row rewards ordered answers as the truth does."""
     key = f"reward/{JUDGE_NAMES[run]}/truth_agreement"
-    values = measured(results[f"{run}/{seed}"], key)
-    return statistics.fmean(values) if values else None
+    result = results[f"{run}/{seed}"]  # blocks: a saved results.json, summarised again
+    values = [s.get(key) for s in result["steps"]] if "steps" in result else result["blocks"].get(key, [])
+    return stats(values)["mean"]  # unmeasured steps (None, NaN) left out
 
 
 def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
@@ -311,12 +312,6 @@ def blocks(steps: list[dict[str, float]], size: int = BLOCK_STEPS) -> dict[str, 
     for key in keys:
         columns[key] = [stats([s.get(key, math.nan) for s in chunk])["mean"] for chunk in chunks]
     return columns
-
-
-def measured(result: dict[str, Any], key: str) -> list[float]:
-    """A per-step metric's measured values in one run: every step's, or, in a saved results.json, every block's."""
-    values = [s.get(key) for s in result["steps"]] if "steps" in result else result["blocks"].get(key, [])
-    return [v for v in values if v is not None and not math.isnan(v)]
 
 
 def compact(results: dict[str, dict]) -> dict[str, dict]:
