@@ -258,3 +258,32 @@ def test_fsdp2_on_cuda_in_bf16(tiny_model_dir, tmp_path):
     )
     for report in reports(tmp_path):
         assert report["policy_sharded"] and report["reference_vs_base"] < 5e-3
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-rank gloo group in this process, as a run's ranks leave it after ``fit``; closed again afterwards."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_release_process_group_closes_the_group_a_run_leaves_up_and_is_a_no_op_without_one(process_group):
+    from urpo.strategies import release_process_group
+
+    release_process_group()
+    assert not process_group.is_initialized()
+    release_process_group()
+    assert not process_group.is_initialized()
+
+
+def test_urpo_closes_the_process_group_even_when_its_command_fails(process_group):
+    """The release sits in a ``finally``: a rank whose command errors out must not abort at exit either."""
+    from urpo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--no_such_option", "1"])
+    assert not process_group.is_initialized()

@@ -29,6 +29,7 @@ from urpo.launch_env import with_env_options
 from urpo.module import URPOModule
 from urpo.plots import CurvesCallback
 from urpo.preemption import PreemptionCheckpoint
+from urpo.strategies import release_process_group
 
 EXIT_FAILURE = 1
 """Exit status of a run that failed (a stalled run, a broken reward callback, any unexpected error)."""
@@ -152,7 +153,11 @@ def main(args: list[str] | None = None) -> None:
     argv = with_env_options(argv)  # PL_FIT__TRAINER__NUM_NODES=2 etc. override the YAML (urpo.launch_env)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help lines
     _quiet_known_warnings()
-    URPOCLI(URPOModule, URPODataModule, seed_everything_default=0, save_config_kwargs={"overwrite": True}, args=argv)
+    try:
+        saving = {"overwrite": True}
+        URPOCLI(URPOModule, URPODataModule, seed_everything_default=0, save_config_kwargs=saving, args=argv)
+    finally:  # every rank runs this: a group left for interpreter shutdown can abort a finished run
+        release_process_group()
 
 
 def exit_code(error: BaseException) -> int | None:

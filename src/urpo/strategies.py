@@ -128,6 +128,16 @@ class FSDP2Strategy(ModelParallelStrategy):
             super().model_to_device()
 
 
+def release_process_group() -> None:
+    """Destroy the default process group, if one is up; call it once a process's training is over.
+
+    A gloo group left for interpreter shutdown can abort the process after its work is done ("terminate called
+    without an active exception", exit status -6): its worker threads still hold tensors while Python is torn down.
+    Lightning leaves the group up after ``fit`` (a ``test`` may follow), so the process that ends the run closes it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def fsdp_settings(strategy: Any) -> FSDPSettings:
     """The FSDP settings of a strategy: its own for :class:`FSDP2Strategy`, the defaults for any other."""
     return getattr(strategy, "fsdp", None) or FSDPSettings()

@@ -40,7 +40,7 @@ from urpo.module import URPOModule
 from urpo.prompts import render_chat
 from urpo.rewards.verifier import MathVerifier
 from urpo.sequences import collate
-from urpo.strategies import FSDP2Strategy, is_sharded
+from urpo.strategies import FSDP2Strategy, is_sharded, release_process_group
 
 
 class FixedUpdateModule(URPOModule):
@@ -140,6 +140,7 @@ def main() -> None:
     if args.export:
         export_policy(module.policy, module.tokenizer, out / "hf_model", rank=module.global_rank)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    release_process_group()  # as `urpo fit` does: a gloo group left for interpreter shutdown can abort the rank
 
 
 def _reference_checks(module: URPOModule, model_dir: str) -> dict[str, float]:
