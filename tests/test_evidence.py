@@ -350,3 +350,29 @@ def test_the_documented_results_files_stay_small_and_keep_blocks_as_columns():
                 columns = run["blocks"]
                 assert isinstance(columns, dict) and columns["step"], f"{path}: {name}"
                 assert all(len(values) == len(columns["step"]) for values in columns.values()), f"{path}: {name}"
+
+
+def test_a_redrawn_summary_equals_the_runs_own_where_the_probe_measured_steps_unevenly(tmp_path):
+    """The run summarises what it saves (10-step block means): redrawn from results.json, every figure is the same,
+    even where the open-row probe measured all steps of one block and one step of the others."""
+    from tools.evidence.names import JUDGE_NAMES
+    from tools.evidence.report import main as redraw
+    from tools.evidence.report import write_report
+
+    document = json.loads(Path("docs/evidence/results.json").read_text())
+    name, key = f"urpo/{document['meta']['seeds'][0]}", f"reward/{JUDGE_NAMES['urpo']}/truth_agreement"
+    columns = document["runs"][name].pop("blocks")  # back to steps: each block's means on all ten of its steps
+    steps = []
+    for block, last in enumerate(columns["step"]):
+        for offset in range(9, -1, -1):
+            row = {k: v[block] for k, v in columns.items() if k not in ("step", key) and v[block] is not None}
+            if block == 0 or offset == 0:
+                row[key] = 0.9 if block == 0 else 0.1
+            steps.append({"step": last - offset, **row})
+    document["runs"][name]["steps"] = steps
+    first = write_report(document["runs"], document["meta"], tmp_path)
+    redraw([str(tmp_path)])
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == first["summary"]
+    block_means = [0.9] + [0.1] * (len(columns["step"]) - 1)  # each block's own mean, whatever its measured steps
+    agreement = first["summary"]["urpo"]["reward_truth_agreement"]["values"][0]
+    assert agreement == pytest.approx(sum(block_means) / len(block_means), abs=1e-6)

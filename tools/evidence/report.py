@@ -31,7 +31,8 @@ def final_scores(results: dict[str, dict], run: str, seed: int, warm_seed: int) 
 
 
 def truth_agreement(results: dict[str, dict], run: str, seed: int) -> float | None:
-    """Mean over training steps of how often the open-row rewards ordered answers as the truth does."""
+    """How often the open-row rewards ordered answers as the truth does: the mean of its 10-step block means (each
+    over the steps that measured it), which is what results.json keeps, so a redraw gives the run's own figure."""
     key = f"reward/{JUDGE_NAMES[run]}/truth_agreement"
     result = results[f"{run}/{seed}"]  # blocks: a saved results.json, summarised again
     values = [s.get(key) for s in result["steps"]] if "steps" in result else result["blocks"].get(key, [])
@@ -340,8 +341,9 @@ def main(argv: list[str] | None = None) -> None:
 def write_report(results: dict[str, dict], meta: dict[str, Any], out: Path) -> dict[str, Any]:
     """Writes results.json (summaries, 10-step block means), results.md and the plots into ``out``; returns the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results, meta)
-    document = {"meta": meta, "summary": _rounded(summary), "runs": compact(results)}
+    runs = compact(results)  # summarised as saved: a redraw from results.json gives this summary to the digit
+    summary = summarize(runs, meta)
+    document = {"meta": meta, "summary": _rounded(summary), "runs": runs}
     (out / "results.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
     (out / "results.md").write_text(markdown_table(summary, meta))
     plot_all(document["runs"], summary, meta, out)
