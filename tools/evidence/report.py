@@ -34,9 +34,7 @@ def truth_agreement(results: dict[str, dict], run: str, seed: int) -> float | No
     """How often the open-row rewards ordered answers as the truth does: the mean of its 10-step block means (each
     over the steps that measured it), which is what results.json keeps, so a redraw gives the run's own figure."""
     key = f"reward/{JUDGE_NAMES[run]}/truth_agreement"
-    result = results[f"{run}/{seed}"]  # blocks: a saved results.json, summarised again
-    values = [s.get(key) for s in result["steps"]] if "steps" in result else result["blocks"].get(key, [])
-    return stats(values)["mean"]  # unmeasured steps (None, NaN) left out
+    return stats(results[f"{run}/{seed}"]["blocks"].get(key, []))["mean"]  # blocks that never measured it left out
 
 
 def summarize(results: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
